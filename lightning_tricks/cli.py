@@ -1,0 +1,59 @@
+"""The `lightning-tricks` command: one sub-command per job, each a Hydra application."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# Sub-command -> (module with a Hydra `main`, one-line help). Later jobs (preflight, inspect, tune)
+# add a line here.
+COMMANDS = {
+    "train": ("lightning_tricks.train", "train a model on the configured data (Hydra overrides follow)"),
+}
+
+# Lightning's DDP launcher starts ranks 1..N-1 by re-running `sys.argv` with Hydra's overrides
+# appended. Hydra owns sys.argv after the sub-command is removed, so the sub-command travels to those
+# child processes in the environment instead.
+_COMMAND_ENV = "LIGHTNING_TRICKS_COMMAND"
+
+USAGE = """usage: lightning-tricks <command> [hydra overrides] [--help]
+
+Karpathy's recipe for training neural networks, as PyTorch Lightning callbacks.
+
+commands:
+{commands}
+
+`lightning-tricks <command> --help` shows the command's config groups and options.
+Example: lightning-tricks train data=mnist1d model=cnn trainer.max_epochs=5 logger=csv
+"""
+
+
+def main(argv: list[str] | None = None) -> int | None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in COMMANDS:
+        command, rest = argv[0], argv[1:]
+        os.environ[_COMMAND_ENV] = command
+    elif os.environ.get(_COMMAND_ENV) in COMMANDS and "LOCAL_RANK" in os.environ:
+        command, rest = os.environ[_COMMAND_ENV], argv  # a DDP rank re-launched by Lightning
+    else:
+        listing = "\n".join(f"  {name:<10} {text}" for name, (_, text) in COMMANDS.items())
+        if argv and argv[0] == "--version":
+            from lightning_tricks import __version__
+
+            print(f"lightning-tricks {__version__}")
+            return 0
+        print(USAGE.format(commands=listing), file=sys.stdout if not argv or argv[0] in ("-h", "--help") else sys.stderr)
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"lightning-tricks: unknown command {argv[0]!r}; choose one of {sorted(COMMANDS)}.", file=sys.stderr)
+            return 2
+        return 0
+    import importlib
+
+    module = importlib.import_module(COMMANDS[command][0])
+    sys.argv = [sys.argv[0], *rest]
+    module.main()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

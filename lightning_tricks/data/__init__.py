@@ -1,0 +1,14 @@
+"""Reference DataModules on data that needs no download."""
+
+from lightning_tricks.data.base import ArrayDataModule
+from lightning_tricks.data.digits import DigitsDataModule
+from lightning_tricks.data.mnist1d import MNIST1DDataModule
+from lightning_tricks.data.synthetic import SyntheticClassificationDataModule, SyntheticRegressionDataModule
+
+__all__ = [
+    "ArrayDataModule",
+    "DigitsDataModule",
+    "MNIST1DDataModule",
+    "SyntheticClassificationDataModule",
+    "SyntheticRegressionDataModule",
+]

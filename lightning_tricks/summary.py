@@ -1,0 +1,78 @@
+"""What a run ends with: final metrics, where its files are, and how to open them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lightning.pytorch as pl
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
+
+
+@dataclass
+class RunSummary:
+    """Final metrics of a run and the places its logs and checkpoints were written."""
+
+    metrics: dict[str, float]
+    output_dir: Path
+    best_checkpoint: str | None = None
+    last_checkpoint: str | None = None
+    evaluated: str | None = None
+    #: (what, path, how to open it) per logger
+    logs: list[tuple[str, str, str]] = field(default_factory=list)
+
+    @classmethod
+    def from_trainer(cls, trainer: pl.Trainer, metrics: dict[str, float], evaluated: str | None) -> RunSummary:
+        ckpt = trainer.checkpoint_callback
+        best = getattr(ckpt, "best_model_path", "") or None
+        last = getattr(ckpt, "last_model_path", "") or None
+        logs = []
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger) and trainer.is_global_zero:
+                run = logger.experiment
+                run_dir = str(Path(run.dir).parent)
+                offline = getattr(run.settings, "mode", "") == "offline" or getattr(run, "offline", False)
+                how = f"wandb sync {run_dir}" if offline else str(getattr(run, "url", "") or "")
+                logs.append(("W&B run", run_dir, how))
+            elif isinstance(logger, TensorBoardLogger):
+                logs.append(("TensorBoard", str(logger.log_dir), f"tensorboard --logdir {logger.log_dir}"))
+            elif isinstance(logger, CSVLogger):
+                path = Path(logger.log_dir) / "metrics.csv"
+                logs.append(("CSV metrics", str(path), "pandas.read_csv(path)"))
+        return cls(
+            metrics={k: float(v) for k, v in metrics.items()},
+            output_dir=Path(trainer.default_root_dir),
+            best_checkpoint=best,
+            last_checkpoint=last,
+            evaluated=evaluated,
+            logs=logs,
+        )
+
+    def print(self) -> None:
+        """Print the summary as a Rich table (rank zero only)."""
+        from lightning.pytorch.utilities import rank_zero_only
+
+        if rank_zero_only.rank != 0:
+            return
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=f"lightning-tricks: run finished (evaluated: {self.evaluated or 'final weights'})")
+        table.add_column("split")
+        for name in ("loss", "acc", "mae"):
+            if any(k.endswith(f"/{name}") for k in self.metrics):
+                table.add_column(name, justify="right")
+        columns = [c.header for c in table.columns[1:]]
+        for split in ("val", "test"):
+            if any(k.startswith(f"{split}/") for k in self.metrics):
+                row = [f"{self.metrics[f'{split}/{c}']:.4f}" if f"{split}/{c}" in self.metrics else "" for c in columns]
+                table.add_row(split, *row)
+        console = Console(soft_wrap=True)  # long paths stay copyable on one line
+        console.print(table)
+        console.print(f"outputs      {self.output_dir}")
+        if self.best_checkpoint:
+            console.print(f"best ckpt    {self.best_checkpoint}")
+        if self.last_checkpoint:
+            console.print(f"last ckpt    {self.last_checkpoint}  (resume: ckpt_path=<this file>)")
+        for what, path, how in self.logs:
+            console.print(f"{what:<12} {path}\n{'':<12} open: {how}")

@@ -1,0 +1,89 @@
+"""Run a function as a real multi-process DDP job on CPU and get back what every rank returned.
+
+``run_ddp(fn, *args)`` starts ``python -m lightning_tricks.testing.ddp`` in a
+fresh process, which calls ``fn(*args)``. ``fn`` builds a
+``Trainer(strategy="ddp", accelerator="cpu", devices=N)`` and fits as a user's
+script would: Lightning's own launcher then re-runs this module for ranks
+``1..N-1`` (the path every ``python train.py`` user takes), each rank calls
+``fn`` and its return value is pickled per rank. No mocking: gloo, real
+processes, real collectives.
+
+``fn`` must be importable by name (a module-level function) and return
+something picklable; tensors are best converted to CPU first.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+_SPEC = "spec.pkl"
+
+
+class DDPRunError(RuntimeError):
+    """A rank failed or the job did not finish; the message holds the job's output."""
+
+
+def run_ddp(fn: Callable[..., Any], *args: Any, devices: int = 2, timeout: float = 300, **kwargs: Any) -> list[Any]:
+    """Call ``fn(*args, **kwargs)`` as a ``devices``-process DDP job; return the results ordered by global rank.
+
+    ``fn`` must create the Trainer with ``devices=devices`` (and ``strategy="ddp"``).
+    """
+    if getattr(fn, "__qualname__", "").count("<locals>"):
+        raise ValueError(f"run_ddp: `fn` must be a module-level function (importable by name), got {fn!r}.")
+    with tempfile.TemporaryDirectory(prefix="lt-ddp-") as tmp:
+        with open(Path(tmp) / _SPEC, "wb") as f:
+            pickle.dump((fn, args, kwargs), f)
+        env = dict(os.environ)
+        # The child must import `fn` the way this process did (test modules live on pytest's sys.path).
+        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        env.pop("LOCAL_RANK", None)
+        try:
+            proc = subprocess.run(
+                [sys.executable, "-m", "lightning_tricks.testing.ddp", tmp],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+            )
+        except subprocess.TimeoutExpired as err:
+            raise DDPRunError(f"DDP job did not finish in {timeout} s:\n{_tail(err.stdout)}\n{_tail(err.stderr)}") from err
+        results = []
+        for rank in range(devices):
+            path = Path(tmp) / f"result_{rank}.pkl"
+            if proc.returncode != 0 or not path.exists():
+                raise DDPRunError(
+                    f"DDP job failed (exit code {proc.returncode}, no result from rank {rank}):\n"
+                    f"{_tail(proc.stdout)}\n{_tail(proc.stderr)}"
+                )
+            with open(path, "rb") as f:
+                results.append(pickle.load(f))
+        return results
+
+
+def _tail(text: str | bytes | None, lines: int = 60) -> str:
+    if isinstance(text, bytes):
+        text = text.decode(errors="replace")
+    return "\n".join((text or "").splitlines()[-lines:])
+
+
+def _worker(tmp: str) -> None:
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    with open(Path(tmp) / _SPEC, "rb") as f:
+        fn, args, kwargs = pickle.load(f)
+    result = fn(*args, **kwargs)
+    # Set by the Trainer to this process's global rank.
+    rank = getattr(rank_zero_only, "rank", 0)
+    with open(Path(tmp) / f"result_{rank}.pkl", "wb") as f:
+        pickle.dump(result, f)
+
+
+if __name__ == "__main__":
+    _worker(sys.argv[1])

@@ -1,0 +1,90 @@
+"""`lightning-tricks train`: build data, model, callbacks, loggers and Trainer from the Hydra config; fit; evaluate."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import hydra
+import lightning.pytorch as pl
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import Logger, WandbLogger
+from omegaconf import DictConfig, OmegaConf
+
+from lightning_tricks.summary import RunSummary
+
+log = logging.getLogger(__name__)
+
+
+def instantiate_group(cfg: Mapping[str, Any] | None, kind: str) -> list[Any]:
+    """Instantiate every entry with a ``_target_`` under a config node (``callbacks``, ``logger``)."""
+    if not cfg:
+        return []
+    if "_target_" in cfg:
+        return [instantiate(cfg, _convert_="all")]
+    objects = []
+    for name, node in cfg.items():
+        if node is None:  # `callbacks.x=null` switches a callback off
+            continue
+        if not isinstance(node, Mapping) or "_target_" not in node:
+            raise ValueError(f"`{kind}.{name}` must be a config with a `_target_`, got {node!r}.")
+        objects.append(instantiate(node, _convert_="all"))
+    return objects
+
+
+def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule, pl.Trainer]:
+    """The objects of a run, built in seed order: everything that draws random numbers comes after seeding."""
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    # `_convert_="all"`: plain lists and dicts, not OmegaConf containers, reach the constructors, so
+    # hyper-parameters saved in checkpoints load with torch.load(weights_only=True).
+    datamodule = instantiate(cfg.data, _convert_="all")
+    # Runtime facts about the data are passed at the call site, not duplicated in the model's config.
+    model = instantiate(
+        cfg.model,
+        input_shape=datamodule.input_shape,
+        num_outputs=datamodule.num_outputs,
+        task=datamodule.task,
+        _convert_="all",
+    )
+    callbacks: list[Callback] = instantiate_group(cfg.get("callbacks"), "callbacks")
+    loggers: list[Logger] = instantiate_group(cfg.get("logger"), "logger")
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, _convert_="all")
+    return datamodule, model, trainer
+
+
+def _eval_ckpt(trainer: pl.Trainer, requested: str | None) -> str | None:
+    if requested == "best" and not (trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_path):
+        return None  # no checkpoint to pick from: evaluate the weights in memory
+    return requested
+
+
+def train(cfg: DictConfig) -> RunSummary:
+    """Fit the configured model, then evaluate it on val (and test); return the run's summary."""
+    datamodule, model, trainer = build(cfg)
+    for logger in trainer.loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        ckpt = _eval_ckpt(trainer, cfg.get("eval_ckpt"))
+        metrics: dict[str, float] = {}
+        for result in trainer.validate(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False):
+            metrics.update(result)
+        if cfg.get("test", True):
+            for result in trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False):
+                metrics.update(result)
+        return RunSummary.from_trainer(trainer, metrics, evaluated=ckpt)
+    finally:
+        # Hydra multirun runs jobs in one process: close this job's W&B run so the next gets its own.
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger) and trainer.is_global_zero:
+                logger.experiment.finish()
+
+
+@hydra.main(version_base="1.3", config_path="pkg://lightning_tricks.conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    summary = train(cfg)
+    summary.print()
+    # Returned for Hydra sweepers (e.g. Optuna) that optimise the run's result.
+    return summary.metrics.get("val/loss")
