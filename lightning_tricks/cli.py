@@ -42,9 +42,15 @@ def main(argv: list[str] | None = None) -> int | None:
 
             print(f"lightning-tricks {__version__}")
             return 0
-        print(USAGE.format(commands=listing), file=sys.stdout if not argv or argv[0] in ("-h", "--help") else sys.stderr)
+        print(
+            USAGE.format(commands=listing),
+            file=sys.stdout if not argv or argv[0] in ("-h", "--help") else sys.stderr,
+        )
         if argv and argv[0] not in ("-h", "--help"):
-            print(f"lightning-tricks: unknown command {argv[0]!r}; choose one of {sorted(COMMANDS)}.", file=sys.stderr)
+            print(
+                f"lightning-tricks: unknown command {argv[0]!r}; choose one of {sorted(COMMANDS)}.",
+                file=sys.stderr,
+            )
             return 2
         return 0
     import importlib

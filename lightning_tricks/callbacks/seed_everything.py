@@ -25,12 +25,18 @@ from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch import seed_everything
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from lightning.pytorch import seed_everything
 from typing_extensions import override
 
-from lightning_tricks.functional.seed import MAX_SEED, collect_rng_states, derive_seed, rank_seed, set_rng_states
+from lightning_tricks.functional.seed import (
+    MAX_SEED,
+    collect_rng_states,
+    derive_seed,
+    rank_seed,
+    set_rng_states,
+)
 
 
 class SeedEverything(Callback):

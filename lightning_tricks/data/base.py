@@ -128,7 +128,10 @@ class ArrayDataModule(pl.LightningDataModule):
             batch_size=self.batch_size,
             shuffle=shuffle,
             num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+            # Not persistent: a persistent loader draws its workers' base seed once per fit, so a resumed
+            # run (new workers) would consume one more draw than an uninterrupted one and shuffle
+            # differently; fresh workers per epoch keep SeedEverything's resume exact.
+            persistent_workers=False,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -36,7 +36,9 @@ class CNN(ReferenceModule):
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         two_d = len(self.input_shape) == 3
         conv, pool, gap = (
-            (nn.Conv2d, nn.MaxPool2d, nn.AdaptiveAvgPool2d) if two_d else (nn.Conv1d, nn.MaxPool1d, nn.AdaptiveAvgPool1d)
+            (nn.Conv2d, nn.MaxPool2d, nn.AdaptiveAvgPool2d)
+            if two_d
+            else (nn.Conv1d, nn.MaxPool1d, nn.AdaptiveAvgPool1d)
         )
         layers: list[nn.Module] = []
         width = self.input_shape[0]

@@ -1,8 +1,8 @@
 """Run a function as a real multi-process DDP job on CPU and get back what every rank returned.
 
 ``run_ddp(fn, *args)`` starts ``python -m lightning_tricks.testing.ddp`` in a
-fresh process, which calls ``fn(*args)``. ``fn`` builds a
-``Trainer(strategy="ddp", accelerator="cpu", devices=N)`` and fits as a user's
+fresh process, which calls ``fn(*args, devices=N)``. ``fn`` builds a
+``Trainer(strategy="ddp", accelerator="cpu", devices=devices)`` and fits as a user's
 script would: Lightning's own launcher then re-runs this module for ranks
 ``1..N-1`` (the path every ``python train.py`` user takes), each rank calls
 ``fn`` and its return value is pickled per rank. No mocking: gloo, real
@@ -31,15 +31,15 @@ class DDPRunError(RuntimeError):
 
 
 def run_ddp(fn: Callable[..., Any], *args: Any, devices: int = 2, timeout: float = 300, **kwargs: Any) -> list[Any]:
-    """Call ``fn(*args, **kwargs)`` as a ``devices``-process DDP job; return the results ordered by global rank.
+    """Call ``fn(*args, devices=devices, **kwargs)`` as a DDP job; return the results ordered by global rank.
 
-    ``fn`` must create the Trainer with ``devices=devices`` (and ``strategy="ddp"``).
+    ``fn`` must create its Trainer with ``devices=devices`` and ``strategy="ddp"``.
     """
     if getattr(fn, "__qualname__", "").count("<locals>"):
         raise ValueError(f"run_ddp: `fn` must be a module-level function (importable by name), got {fn!r}.")
     with tempfile.TemporaryDirectory(prefix="lt-ddp-") as tmp:
         with open(Path(tmp) / _SPEC, "wb") as f:
-            pickle.dump((fn, args, kwargs), f)
+            pickle.dump((fn, args, {**kwargs, "devices": devices}), f)
         env = dict(os.environ)
         # The child must import `fn` the way this process did (test modules live on pytest's sys.path).
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
@@ -53,13 +53,16 @@ def run_ddp(fn: Callable[..., Any], *args: Any, devices: int = 2, timeout: float
                 timeout=timeout,
             )
         except subprocess.TimeoutExpired as err:
-            raise DDPRunError(f"DDP job did not finish in {timeout} s:\n{_tail(err.stdout)}\n{_tail(err.stderr)}") from err
+            raise DDPRunError(
+                f"DDP job did not finish in {timeout} s:\n{_tail(err.stdout)}\n{_tail(err.stderr)}"
+            ) from err
         results = []
         for rank in range(devices):
             path = Path(tmp) / f"result_{rank}.pkl"
             if proc.returncode != 0 or not path.exists():
+                hint = "" if proc.returncode else " (did `fn` build Trainer(devices=devices, strategy='ddp')?)"
                 raise DDPRunError(
-                    f"DDP job failed (exit code {proc.returncode}, no result from rank {rank}):\n"
+                    f"DDP job failed (exit code {proc.returncode}, no result from rank {rank}{hint}):\n"
                     f"{_tail(proc.stdout)}\n{_tail(proc.stderr)}"
                 )
             with open(path, "rb") as f:

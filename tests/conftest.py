@@ -1,0 +1,46 @@
+"""Shared fixtures: real Hydra composition of conf/, tiny Trainers, W&B offline, the DDP runner."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+# Real W&B, but offline and quiet; never an account or network.
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("WANDB_DISABLE_GIT", "true")
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Overrides that shrink the real config for CPU tests.
+TINY = [
+    "trainer.max_epochs=2",
+    "trainer.enable_model_summary=false",
+    "trainer.log_every_n_steps=1",
+    "logger=csv",
+    "callbacks.rich_progress_bar=null",
+]
+
+
+@pytest.fixture
+def compose_train(tmp_path: Path) -> Callable[..., object]:
+    """Compose the installed `train` config (conf/) with overrides, output under tmp_path."""
+    from hydra import compose, initialize_config_module
+
+    def _compose(*overrides: str, tiny: bool = True):
+        with initialize_config_module(config_module="lightning_tricks.conf", version_base="1.3"):
+            return compose(
+                "train",
+                overrides=[*(TINY if tiny else []), f"paths.output_dir={tmp_path}", *overrides],
+            )
+
+    return _compose
+
+
+@pytest.fixture
+def chdir_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    monkeypatch.chdir(tmp_path)
+    yield tmp_path
