@@ -21,7 +21,6 @@ TINY = [
     "trainer.enable_model_summary=false",
     "trainer.log_every_n_steps=1",
     "logger=csv",
-    "callbacks.rich_progress_bar=null",
 ]
 
 
