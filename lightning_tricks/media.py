@@ -35,7 +35,13 @@ def _image_array(image: Any) -> np.ndarray:
 
 def run_dir(trainer: pl.Trainer) -> Path:
     """The folder of this run's files: the first logger's ``log_dir``, else ``default_root_dir``."""
-    return Path(trainer.log_dir or trainer.default_root_dir)
+    # Not `trainer.log_dir`: under DDP it broadcasts from rank 0, a collective that hangs when only
+    # rank 0 asks — and media are written by rank 0 only. The logger's own attribute is local.
+    for logger in trainer.loggers:
+        folder = getattr(logger, "log_dir", None) or logger.save_dir
+        if folder:
+            return Path(folder)
+    return Path(trainer.default_root_dir)
 
 
 def _file_path(trainer: pl.Trainer, key: str, step: int | None, suffix: str) -> Path:
@@ -77,7 +83,8 @@ def log_image(
     array = _image_array(image)
     wandb_loggers, tb_loggers = _rich_loggers(trainer)
     for logger in wandb_loggers:
-        logger.log_image(key=key, images=[array], step=_step(trainer, step), caption=[caption] if caption else None)
+        extra = {"caption": [caption]} if caption else {}
+        logger.log_image(key=key, images=[array], step=_step(trainer, step), **extra)
     for logger in tb_loggers:
         logger.experiment.add_image(key, array, global_step=_step(trainer, step), dataformats="HWC")
     if wandb_loggers or tb_loggers:

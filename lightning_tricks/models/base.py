@@ -10,12 +10,15 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 import torchmetrics
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
 from lightning_tricks.protocol import TrickModule, check_task
 
-OptimizerFactory = Callable[..., torch.optim.Optimizer]
-SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
+# Lightning's aliases: jsonargparse (LightningCLI) can build these from a class path + init_args,
+# and Hydra passes them as `_partial_: true` configs.
+OptimizerFactory = OptimizerCallable
+SchedulerFactory = LRSchedulerCallable
 
 _CRITERIA = {
     "multiclass": nn.CrossEntropyLoss,

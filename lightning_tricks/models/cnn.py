@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from lightning_tricks.models.base import ReferenceModule
+from lightning_tricks.models.base import OptimizerFactory, ReferenceModule, SchedulerFactory
 
 
 class CNN(ReferenceModule):
@@ -25,8 +25,8 @@ class CNN(ReferenceModule):
         channels: Sequence[int] = (16, 32),
         kernel_size: int = 3,
         dropout: float = 0.0,
-        optimizer=None,
-        scheduler=None,
+        optimizer: OptimizerFactory | None = None,
+        scheduler: SchedulerFactory | None = None,
     ) -> None:
         super().__init__(input_shape, num_outputs, task, optimizer, scheduler)
         if len(self.input_shape) not in (2, 3):

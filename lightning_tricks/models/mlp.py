@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from lightning_tricks.models.base import ReferenceModule, flat_size
+from lightning_tricks.models.base import OptimizerFactory, ReferenceModule, SchedulerFactory, flat_size
 
 
 class MLP(ReferenceModule):
@@ -28,8 +28,8 @@ class MLP(ReferenceModule):
         task: str = "multiclass",
         hidden_sizes: Sequence[int] = (128, 64),
         dropout: float = 0.0,
-        optimizer=None,
-        scheduler=None,
+        optimizer: OptimizerFactory | None = None,
+        scheduler: SchedulerFactory | None = None,
     ) -> None:
         super().__init__(input_shape, num_outputs, task, optimizer, scheduler)
         if not 0 <= dropout < 1:
