@@ -13,12 +13,12 @@ import pytest
 import torch
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger  # noqa: E402
+import matplotlib.pyplot as plt
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 
-from lightning_tricks.functional.images import make_grid, to_uint8_image  # noqa: E402
-from lightning_tricks.media import log_image, log_scalars, log_table  # noqa: E402
-from lightning_tricks.testing import read_offline_run, run_ddp  # noqa: E402
+from lightning_tricks.functional.images import make_grid, to_uint8_image
+from lightning_tricks.media import log_image, log_scalars, log_table
+from lightning_tricks.testing import read_offline_run, run_ddp
 
 ROWS = [[0, "cat", 0.5], [1, "dog", 2.25]]
 

@@ -19,6 +19,7 @@ def test_output_shape_and_output_layer(cls, shape) -> None:
     model = cls(input_shape=shape, num_outputs=7)
     assert model(torch.randn(3, *shape)).shape == (3, 7)
     name, layer = find_output_layer(model)
+    assert name == "net." + str(len(model.net) - 1)
     assert isinstance(layer, nn.Linear) and layer.out_features == 7
 
 

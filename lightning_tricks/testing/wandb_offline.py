@@ -37,7 +37,7 @@ class OfflineRun:
 
 def _records(path: Path):
     with path.open("rb") as f:
-        ident, magic, version = struct.unpack("<4sHB", f.read(_HEADER))
+        ident, magic, _version = struct.unpack("<4sHB", f.read(_HEADER))
         if ident != b":W&B" or magic != 0xBEE1:
             raise ValueError(f"{path} is not a W&B transaction log (header {ident!r}, {magic:#x}).")
         index, pending = _HEADER, b""
