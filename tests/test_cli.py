@@ -1,0 +1,157 @@
+"""`lightning-tricks` end to end, as a user runs it: real Hydra, real Lightning, real W&B (offline)."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from lightning_tricks.testing import read_offline_run
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cli(*args: str, cwd: Path, env: dict | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "WANDB_MODE": "offline", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "lightning_tricks", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return proc
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_help_lists_commands_and_config_groups(tmp_path: Path) -> None:
+    top = ok(cli("--help", cwd=tmp_path)).stdout
+    assert "train" in top and "usage: lightning-tricks <command>" in top
+    train = ok(cli("train", "--help", cwd=tmp_path)).stdout
+    for line in ("data: digits, mnist1d", "data/synthetic: classification, imbalanced, regression"):
+        assert line in train
+    assert "trainer: cpu, ddp, ddp_cpu, gpu" in train and "logger: csv, none, tensorboard, wandb" in train
+    bad = cli("tarin", cwd=tmp_path)
+    assert bad.returncode == 2 and "unknown command 'tarin'; choose one of ['train']" in bad.stderr
+
+
+@pytest.mark.slow
+def test_train_with_wandb_offline_writes_a_readable_run(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    proc = ok(cli("train", "trainer.max_epochs=2", f"hydra.run.dir={run_dir}", cwd=tmp_path))
+    (wandb_dir,) = (run_dir / "wandb").glob("offline-run-*")
+    run = read_offline_run(wandb_dir)
+    assert len(run.values("val/acc")) == 2 + 1  # one per epoch, then the final validate() of the best checkpoint
+    assert run.summary["test/acc"] > 0.5 and run.config["seed"] == 42
+    assert run.config["model"]["optimizer"]["lr"] == 3e-4  # the whole Hydra config is the run's config
+    # The summary tells where things are and how to open them.
+    assert "test" in proc.stdout and f"wandb sync {wandb_dir}" in proc.stdout
+    assert (run_dir / "checkpoints" / "last.ckpt").exists()
+
+
+@pytest.mark.slow
+def test_train_with_csv_logger_and_resume(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    ok(cli("train", "logger=csv", "trainer.max_epochs=1", "test=false", f"hydra.run.dir={run_dir}", cwd=tmp_path))
+    rows = read_csv(run_dir / "csv" / "metrics.csv")
+    assert any(r.get("val/acc") for r in rows) and not any(r.get("test/acc") for r in rows)
+    # Resume for one more epoch from the last checkpoint: the epoch counter continues.
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    resumed = tmp_path / "resumed"
+    ok(
+        cli(
+            "train", "logger=csv", "trainer.max_epochs=2", f"ckpt_path={ckpt}", f"hydra.run.dir={resumed}", cwd=tmp_path
+        )
+    )
+    epochs = {r["epoch"] for r in read_csv(resumed / "csv" / "metrics.csv") if r.get("train/loss_epoch")}
+    assert epochs == {"1"}
+
+
+def test_unknown_group_option_lists_the_available_ones(tmp_path: Path) -> None:
+    proc = cli("train", "data=cifar10", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "Could not find 'data/cifar10'" in proc.stderr and "digits" in proc.stderr and "mnist1d" in proc.stderr
+
+
+def test_negative_learning_rate_fails_before_training_and_keeps_files(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    precious = run_dir / "checkpoints" / "last.ckpt"
+    precious.write_bytes(b"an earlier run's checkpoint")
+    proc = cli("train", "logger=csv", "model.optimizer.lr=-0.1", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "`optimizer` Adam(" in proc.stderr and "Invalid learning rate: -0.1" in proc.stderr
+    assert precious.read_bytes() == b"an earlier run's checkpoint"
+    assert not (run_dir / "csv").exists()  # nothing was trained or logged
+
+
+def test_unknown_task_name_is_a_clear_error(tmp_path: Path) -> None:
+    proc = cli("train", "data=synthetic/classification", "data.task=clasification", cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "`task` must be one of" in proc.stderr and "'clasification'" in proc.stderr
+
+
+@pytest.mark.slow
+def test_multirun_starts_one_wandb_run_per_job(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    ok(cli("train", "-m", "seed=1,2", "trainer.max_epochs=1", "test=false", f"hydra.sweep.dir={sweep}", cwd=tmp_path))
+    runs = [read_offline_run(d) for d in sorted(sweep.glob("*/wandb/offline-run-*"))]
+    assert sorted(r.config["seed"] for r in runs) == [1, 2]
+    assert len({r.path.name for r in runs}) == 2 and all(r.values("val/acc") for r in runs)
+
+
+@pytest.mark.slow
+@pytest.mark.ddp
+def test_train_on_two_cpu_processes(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    ok(cli("train", "trainer=ddp_cpu", "logger=csv", "trainer.max_epochs=1", f"hydra.run.dir={run_dir}", cwd=tmp_path))
+    # Lightning re-launched the command for rank 1, which found its sub-command and the same run dir.
+    assert (run_dir / "train_ddp_process_1.log").exists()
+    assert any(r.get("test/acc") for r in read_csv(run_dir / "csv" / "metrics.csv"))
+
+
+@pytest.mark.slow
+def test_installed_wheel_finds_its_configs_from_any_directory(tmp_path: Path) -> None:
+    """`pip install .` (not editable): the configs ship in the wheel and Hydra finds them there."""
+    wheels = tmp_path / "wheels"
+    build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels), "."]
+    subprocess.run(build, cwd=REPO, check=True, capture_output=True, timeout=300)
+    (wheel,) = wheels.glob("lightning_tricks-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert (
+        "lightning_tricks/conf/train.yaml" in names and "lightning_tricks/conf/data/synthetic/imbalanced.yaml" in names
+    )
+    site = tmp_path / "site"
+    install = [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)]
+    subprocess.run(install, check=True, capture_output=True, timeout=300)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {"PYTHONPATH": str(site)}  # the installed copy, ahead of this checkout's editable install
+    where = ok(cli("--version", cwd=elsewhere, env=env))
+    assert where.stdout.startswith("lightning-tricks ")
+    probe = subprocess.run(
+        [sys.executable, "-c", "import lightning_tricks.conf as c; print(c.__file__)"],
+        cwd=elsewhere,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert probe.stdout.strip().startswith(str(site))
+    run_dir = elsewhere / "run"
+    ok(cli("train", "logger=csv", "trainer.max_epochs=1", f"hydra.run.dir={run_dir}", cwd=elsewhere, env=env))
+    assert (run_dir / "checkpoints" / "last.ckpt").exists()
