@@ -1,10 +1,25 @@
-"""lightning-tricks: Karpathy's recipe for training neural networks as PyTorch Lightning callbacks."""
+"""lightning-tricks: Karpathy's recipe for training neural networks as PyTorch Lightning callbacks.
 
-from lightning_tricks.callbacks import SeedEverything
-from lightning_tricks.media import log_image, log_scalars, log_table
-from lightning_tricks.protocol import AdapterError, ModelAdapter, TrickModule
+Public names are imported on first use (PEP 562), so ``lightning-tricks --help`` answers without
+importing torch and Lightning.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "SeedEverything": "lightning_tricks.callbacks",
+    "AdapterError": "lightning_tricks.protocol",
+    "ModelAdapter": "lightning_tricks.protocol",
+    "TrickModule": "lightning_tricks.protocol",
+    "log_image": "lightning_tricks.media",
+    "log_scalars": "lightning_tricks.media",
+    "log_table": "lightning_tricks.media",
+}
 
 __all__ = [
     "AdapterError",
@@ -16,3 +31,14 @@ __all__ = [
     "log_scalars",
     "log_table",
 ]
+
+if TYPE_CHECKING:
+    from lightning_tricks.callbacks import SeedEverything
+    from lightning_tricks.media import log_image, log_scalars, log_table
+    from lightning_tricks.protocol import AdapterError, ModelAdapter, TrickModule
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'lightning_tricks' has no attribute {name!r}")

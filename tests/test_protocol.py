@@ -203,3 +203,12 @@ def test_trick_module_defaults() -> None:
     del net.criterion
     with pytest.raises(AdapterError, match="criterion"):
         net.compute_loss(net.fc(X), Y)
+
+
+def test_public_names_resolve_lazily() -> None:
+    import lightning_tricks
+
+    for name in lightning_tricks.__all__:
+        assert getattr(lightning_tricks, name) is not None
+    with pytest.raises(AttributeError, match="no attribute 'SeedEverythin'"):
+        lightning_tricks.SeedEverythin  # noqa: B018

@@ -50,7 +50,7 @@ def make_grid(images: Any, ncols: int | None = None, padding: int = 1) -> np.nda
     across samples, which is what one looks at when checking preprocessing.
 
     >>> make_grid(np.zeros((5, 1, 2, 3)), ncols=3).shape
-    (7, 13, 1)
+    (5, 11, 1)
     """
     arr = _as_numpy(images)
     if arr.ndim == 3:
