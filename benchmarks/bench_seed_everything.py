@@ -7,6 +7,7 @@ the median of each and their ratio. Usage: python benchmarks/bench_seed_everythi
 from __future__ import annotations
 
 import argparse
+import logging
 import statistics
 import tempfile
 import time
@@ -44,8 +45,9 @@ def fit_seconds(seeded: bool, epochs: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=15)
     args = parser.parse_args()
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # only the numbers below
     fit_seconds(False, 1)  # warm-up: imports, allocator, thread pools
     bare, seeded = [], []
     for _ in range(args.repeats):
