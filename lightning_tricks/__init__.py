@@ -13,6 +13,16 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "SeedEverything": "lightning_tricks.callbacks",
+    "InitLossCheck": "lightning_tricks.callbacks",
+    "GradientDependencyProbe": "lightning_tricks.callbacks",
+    "OverfitBatchCheck": "lightning_tricks.callbacks",
+    "InputIndependentBaseline": "lightning_tricks.callbacks",
+    "ShuffleCheck": "lightning_tricks.callbacks",
+    "TrainingHealthCheck": "lightning_tricks.callbacks",
+    "RecipeCheckError": "lightning_tricks.callbacks",
+    "run_preflight": "lightning_tricks.preflight",
+    "assert_preflight": "lightning_tricks.preflight",
+    "PreflightReport": "lightning_tricks.preflight",
     "AdapterError": "lightning_tricks.protocol",
     "ModelAdapter": "lightning_tricks.protocol",
     "TrickModule": "lightning_tricks.protocol",
@@ -23,18 +33,38 @@ _EXPORTS = {
 
 __all__ = [
     "AdapterError",
+    "GradientDependencyProbe",
+    "InitLossCheck",
+    "InputIndependentBaseline",
     "ModelAdapter",
+    "OverfitBatchCheck",
+    "PreflightReport",
+    "RecipeCheckError",
     "SeedEverything",
+    "ShuffleCheck",
+    "TrainingHealthCheck",
     "TrickModule",
     "__version__",
+    "assert_preflight",
     "log_image",
     "log_scalars",
     "log_table",
+    "run_preflight",
 ]
 
 if TYPE_CHECKING:
-    from lightning_tricks.callbacks import SeedEverything
+    from lightning_tricks.callbacks import (
+        GradientDependencyProbe,
+        InitLossCheck,
+        InputIndependentBaseline,
+        OverfitBatchCheck,
+        RecipeCheckError,
+        SeedEverything,
+        ShuffleCheck,
+        TrainingHealthCheck,
+    )
     from lightning_tricks.media import log_image, log_scalars, log_table
+    from lightning_tricks.preflight import PreflightReport, assert_preflight, run_preflight
     from lightning_tricks.protocol import AdapterError, ModelAdapter, TrickModule
 
 

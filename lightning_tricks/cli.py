@@ -9,6 +9,7 @@ import sys
 # add a line here.
 COMMANDS = {
     "train": ("lightning_tricks.train", "train a model on the configured data (Hydra overrides follow)"),
+    "preflight": ("lightning_tricks.preflight", "run the recipe's before-you-train checks; exit 1 if any fails"),
 }
 
 # Lightning's DDP launcher starts ranks 1..N-1 by re-running `sys.argv` with Hydra's overrides

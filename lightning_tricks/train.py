@@ -34,8 +34,8 @@ def instantiate_group(cfg: Mapping[str, Any] | None, kind: str) -> list[Any]:
     return objects
 
 
-def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule, pl.Trainer]:
-    """The objects of a run, built in seed order: everything that draws random numbers comes after seeding."""
+def build_data_and_model(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule]:
+    """Seed, then build the data module and the model (whose initial weights depend on the seed)."""
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     # `_convert_="all"`: plain lists and dicts, not OmegaConf containers, reach the constructors, so
     # hyper-parameters saved in checkpoints load with torch.load(weights_only=True).
@@ -48,6 +48,12 @@ def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule, 
         task=datamodule.task,
         _convert_="all",
     )
+    return datamodule, model
+
+
+def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule, pl.Trainer]:
+    """The objects of a run, built in seed order: everything that draws random numbers comes after seeding."""
+    datamodule, model = build_data_and_model(cfg)
     callbacks: list[Callback] = instantiate_group(cfg.get("callbacks"), "callbacks")
     loggers: list[Logger] = instantiate_group(cfg.get("logger"), "logger")
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, _convert_="all")

@@ -1,5 +1,23 @@
 """The recipe's tricks as Lightning callbacks, one trick per module."""
 
+from lightning_tricks.callbacks.gradient_dependency_probe import GradientDependencyProbe
+from lightning_tricks.callbacks.init_loss_check import InitLossCheck
+from lightning_tricks.callbacks.input_independent_baseline import InputIndependentBaseline
+from lightning_tricks.callbacks.overfit_batch_check import OverfitBatchCheck
+from lightning_tricks.callbacks.recipe_check import CheckResult, RecipeCheck, RecipeCheckError
 from lightning_tricks.callbacks.seed_everything import SeedEverything
+from lightning_tricks.callbacks.shuffle_check import ShuffleCheck
+from lightning_tricks.callbacks.training_health_check import TrainingHealthCheck
 
-__all__ = ["SeedEverything"]
+__all__ = [
+    "CheckResult",
+    "GradientDependencyProbe",
+    "InitLossCheck",
+    "InputIndependentBaseline",
+    "OverfitBatchCheck",
+    "RecipeCheck",
+    "RecipeCheckError",
+    "SeedEverything",
+    "ShuffleCheck",
+    "TrainingHealthCheck",
+]

@@ -1,0 +1,83 @@
+"""Recipe 2.4: verify the loss at initialisation against the value it must have."""
+
+from __future__ import annotations
+
+import math
+
+import lightning.pytorch as pl
+import torch
+
+from lightning_tricks.callbacks.recipe_check import CheckResult, RecipeCheck, as_float, shared_batches
+from lightning_tricks.functional.init_loss import expected_init_loss, likely_cause
+from lightning_tricks.isolation import preserved
+from lightning_tricks.protocol import AdapterError
+
+
+class InitLossCheck(RecipeCheck):
+    """Measure the mean loss at init on real training batches and compare it with the derived expectation.
+
+    The expectation is the loss of the constant prediction the output bias implies (``ln C`` for
+    softmax cross-entropy with a zero bias, the prior's entropy after :class:`LastLayerBiasInit`, the
+    target variance or mean square for MSE; see :func:`~lightning_tricks.functional.expected_init_loss`).
+
+    Args:
+        num_batches: training batches to average over (rank 0's, shared by all ranks).
+        rtol: allowed relative difference between measured and expected.
+        expected: the expected loss, when you know it better than the derivation.
+        (others: see :class:`RecipeCheck`)
+    """
+
+    name = "init_loss"
+
+    def __init__(
+        self,
+        num_batches: int = 4,
+        rtol: float = 0.25,
+        expected: float | None = None,
+        on_failure: str = "raise",
+        run_on_resume: bool = False,
+        split_batch=None,
+        loss_fn=None,
+        output_layer: str | None = None,
+        task: str | None = None,
+    ) -> None:
+        super().__init__(on_failure, run_on_resume, split_batch, loss_fn, output_layer, task)
+        if isinstance(num_batches, bool) or not isinstance(num_batches, int) or num_batches < 1:
+            raise ValueError(f"InitLossCheck: `num_batches` must be an integer >= 1, got {num_batches!r}.")
+        if not isinstance(rtol, (int, float)) or not rtol > 0:
+            raise ValueError(f"InitLossCheck: `rtol` must be a number > 0, got {rtol!r}.")
+        self.num_batches, self.rtol, self.expected = num_batches, float(rtol), expected
+
+    def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> CheckResult:
+        task = self.adapter.task_of(pl_module)
+        try:
+            layer_name, layer = self.adapter.output_layer_of(pl_module)
+            bias = getattr(layer, "bias", None)
+        except AdapterError:
+            if self.expected is None and task != "multiclass":
+                raise
+            layer_name, layer, bias = None, None, None
+        batches = shared_batches(trainer, pl_module, self.num_batches)
+        losses, targets = [], []
+        with preserved(pl_module), torch.no_grad():
+            pl_module.eval()
+            for batch in batches:
+                inputs, y = self.adapter.inputs_targets(pl_module, batch)
+                losses.append(as_float(self.adapter.loss(pl_module, pl_module(inputs), y)))
+                targets.append(y)
+        measured = sum(losses) / len(losses)
+        all_targets = torch.cat([t.reshape(t.shape[0], -1) if t.ndim > 1 else t for t in targets])
+        num_outputs = layer.weight.shape[0] if layer is not None and hasattr(layer, "weight") else None
+        expected = (
+            float(self.expected)
+            if self.expected is not None
+            else expected_init_loss(task, all_targets, bias if isinstance(bias, torch.Tensor) else None, num_outputs)
+        )
+        passed = math.isfinite(measured) and abs(measured - expected) <= self.rtol * abs(expected)
+        details = {"rtol": self.rtol, "num_batches": len(batches), "task": task, "output_layer": layer_name}
+        head = f"initial loss {measured:.4g}, expected {expected:.4g} (±{self.rtol:.0%}, {task})"
+        if passed:
+            return CheckResult(self.name, True, head, measured, expected, details)
+        return CheckResult(
+            self.name, False, f"{head}. {likely_cause(task, measured, expected)}", measured, expected, details
+        )

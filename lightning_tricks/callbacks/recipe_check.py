@@ -1,0 +1,163 @@
+"""What every recipe check shares: a result with figures, `on_failure`, once-at-fit-start, rank-consistent verdicts.
+
+A check subclasses :class:`RecipeCheck` and implements :meth:`RecipeCheck.run`, which gets the
+trainer and module at fit start (after set-up, before the sanity check and the first optimizer
+step), runs on every rank, and returns a :class:`CheckResult`. The base class then makes the
+verdict identical on all ranks, stores it as ``self.result``, logs its numbers under
+``tricks/<name>/...`` and its figures through the media layer (rank zero), and raises
+:class:`RecipeCheckError`, warns, or stays silent as ``on_failure`` says.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities.seed import isolate_rng
+from typing_extensions import override
+
+from lightning_tricks.media import log_image, log_scalars
+from lightning_tricks.protocol import ModelAdapter
+
+ON_FAILURE = ("raise", "warn", "ignore")
+
+
+class RecipeCheckError(RuntimeError):
+    """A recipe check failed with ``on_failure="raise"``; ``.result`` holds what it measured."""
+
+    def __init__(self, result: CheckResult) -> None:
+        super().__init__(f"[{result.name}] {result.message}")
+        self.result = result
+
+
+@dataclass
+class CheckResult:
+    """The outcome of one check: a verdict, the numbers behind it and a sentence a person can act on."""
+
+    name: str
+    passed: bool
+    message: str
+    measured: float | None = None
+    expected: float | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+    #: matplotlib figures (e.g. a loss curve), logged as images and kept for reports
+    figures: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def status(self) -> str:
+        return "pass" if self.passed else "FAIL"
+
+    def scalars(self) -> dict[str, float]:
+        """Numbers worth plotting: measured, expected, passed, and numeric details."""
+        values: dict[str, float] = {"passed": float(self.passed)}
+        if self.measured is not None:
+            values["measured"] = self.measured
+        if self.expected is not None:
+            values["expected"] = self.expected
+        for key, value in self.details.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                values[key] = float(value)
+        return {f"tricks/{self.name}/{k}": v for k, v in values.items() if math.isfinite(v) or k == "measured"}
+
+
+def check_on_failure(on_failure: str) -> str:
+    if on_failure not in ON_FAILURE:
+        raise ValueError(f"`on_failure` must be one of {', '.join(map(repr, ON_FAILURE))}, got {on_failure!r}.")
+    return on_failure
+
+
+class RecipeCheck(Callback):
+    """Base of the recipe's checks; see the module docstring for the contract.
+
+    Args:
+        on_failure: ``"raise"`` a :class:`RecipeCheckError`, ``"warn"``, or ``"ignore"`` (result kept).
+        run_on_resume: run again when the fit resumes from a checkpoint (default: only fresh runs).
+        split_batch, loss_fn, output_layer, task: overrides of the model protocol
+            (see :mod:`lightning_tricks.protocol`).
+    """
+
+    name: ClassVar[str] = "check"
+
+    def __init__(
+        self,
+        on_failure: str = "raise",
+        run_on_resume: bool = False,
+        split_batch: Any = None,
+        loss_fn: Any = None,
+        output_layer: str | None = None,
+        task: str | None = None,
+    ) -> None:
+        self.on_failure = check_on_failure(on_failure)
+        self.run_on_resume = bool(run_on_resume)
+        self.adapter = ModelAdapter(split_batch=split_batch, loss_fn=loss_fn, output_layer=output_layer, task=task)
+        self.result: CheckResult | None = None
+
+    def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> CheckResult:
+        raise NotImplementedError
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.ckpt_path is not None and not self.run_on_resume:
+            return  # the checks are about the start of training; a resumed run has passed them
+        self.execute(trainer, pl_module)
+
+    def execute(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> CheckResult:
+        """Run the check now (every rank), record, log and act on the result."""
+        return self.finish(trainer, self.run(trainer, pl_module))
+
+    def finish(self, trainer: pl.Trainer, result: CheckResult) -> CheckResult:
+        """Make the verdict rank-consistent, keep it, log it, and raise/warn as ``on_failure`` says."""
+        # Every rank must take the same decision (and all must raise together, or none).
+        passed = bool(trainer.strategy.reduce_boolean_decision(result.passed, all=True))
+        if passed != result.passed:
+            result.message += " (failed on another rank)"
+        result.passed = passed
+        self.result = result
+        log_scalars(trainer, result.scalars())
+        for key, figure in result.figures.items():
+            log_image(trainer, f"tricks/{self.name}/{key}", figure)
+        if result.passed:
+            rank_zero_info(f"[{self.name}] pass: {result.message}")
+        elif self.on_failure == "raise":
+            raise RecipeCheckError(result)
+        elif self.on_failure == "warn":
+            rank_zero_warn(f"[{self.name}] FAIL: {result.message}")
+        return result
+
+
+def train_loader(trainer: pl.Trainer, pl_module: pl.LightningModule):
+    """The training loader as the user defined it (datamodule or module), without Lightning's wrapping."""
+    source = trainer.datamodule if trainer.datamodule is not None else pl_module
+    return source.train_dataloader()
+
+
+def val_loader(trainer: pl.Trainer, pl_module: pl.LightningModule):
+    source = trainer.datamodule if trainer.datamodule is not None else pl_module
+    return source.val_dataloader()
+
+
+def first_batches(loader: Any, n: int) -> list[Any]:
+    """The first ``n`` batches of a loader, drawn without touching the run's RNG."""
+    batches = []
+    with isolate_rng():
+        for batch in loader:
+            batches.append(batch)
+            if len(batches) == n:
+                break
+    return batches
+
+
+def shared_batches(trainer: pl.Trainer, pl_module: pl.LightningModule, n: int, loader: Any = None) -> list[Any]:
+    """Rank 0's first ``n`` training batches on every rank (broadcast), on the module's device."""
+    batches = first_batches(loader if loader is not None else train_loader(trainer, pl_module), n)
+    batches = trainer.strategy.broadcast(batches, src=0)
+    return [trainer.strategy.batch_to_device(b) for b in batches]
+
+
+def as_float(value: torch.Tensor | float) -> float:
+    return float(value.detach().float().mean()) if isinstance(value, torch.Tensor) else float(value)

@@ -1,0 +1,90 @@
+"""Recipe 3.5: shuffle the training data every epoch — and never feed it sorted by class."""
+
+from __future__ import annotations
+
+import hashlib
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities.seed import isolate_rng
+
+from lightning_tricks.callbacks.recipe_check import CheckResult, RecipeCheck, train_loader
+
+
+def _fingerprint(tensor: torch.Tensor) -> str:
+    return hashlib.sha1(tensor.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+
+
+class ShuffleCheck(RecipeCheck):
+    """The training loader must present a new order every epoch, and batches must not be single-class.
+
+    Reads the first ``num_batches`` batches of two passes over the loader (the user's loader, as the
+    next two epochs would see it: ``set_epoch`` is called on samplers that have it), compares them,
+    and looks at the labels: a loader that repeats its order fails; so does one whose batches each
+    hold a single class (data sorted by label), even if it shuffles.
+    """
+
+    name = "shuffle"
+
+    def __init__(
+        self,
+        num_batches: int = 4,
+        on_failure: str = "raise",
+        run_on_resume: bool = False,
+        split_batch=None,
+        loss_fn=None,
+        output_layer: str | None = None,
+        task: str | None = None,
+    ) -> None:
+        super().__init__(on_failure, run_on_resume, split_batch, loss_fn, output_layer, task)
+        if isinstance(num_batches, bool) or not isinstance(num_batches, int) or num_batches < 2:
+            raise ValueError(f"ShuffleCheck: `num_batches` must be an integer >= 2, got {num_batches!r}.")
+        self.num_batches = num_batches
+
+    def _pass(self, loader, pl_module, epoch: int) -> tuple[list[str], list[torch.Tensor]]:
+        for sampler in (getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None)):
+            if hasattr(sampler, "set_epoch"):
+                sampler.set_epoch(epoch)
+        prints, labels = [], []
+        for batch in loader:
+            inputs, targets = self.adapter.inputs_targets(pl_module, batch)
+            prints.append(_fingerprint(inputs) if isinstance(inputs, torch.Tensor) else repr(inputs))
+            labels.append(targets)
+            if len(prints) == self.num_batches:
+                break
+        return prints, labels
+
+    def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> CheckResult:
+        loader = train_loader(trainer, pl_module)
+        samplers = [s for s in (getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None)) if s]
+        epochs = {id(s): getattr(s, "epoch", None) for s in samplers}
+        # Both passes in one isolated block: the second must continue the RNG stream like a real next epoch.
+        with isolate_rng():
+            first, labels = self._pass(loader, pl_module, trainer.current_epoch)
+            second, _ = self._pass(loader, pl_module, trainer.current_epoch + 1)
+        for s in samplers:
+            if epochs[id(s)] is not None:
+                s.epoch = epochs[id(s)]
+        repeated = first == second
+        single_class = False
+        if labels and all(isinstance(y, torch.Tensor) and y.ndim == 1 for y in labels):
+            single_class = (
+                all(torch.unique(y).numel() == 1 for y in labels) and torch.unique(torch.cat(labels)).numel() > 1
+            )
+        details = {"batches_compared": len(first), "order_repeats": repeated, "single_class_batches": single_class}
+        problems = []
+        if repeated:
+            problems.append(
+                "the training loader returns the same batches in the same order every epoch: use "
+                "DataLoader(shuffle=True) (Lightning makes it a shuffling DistributedSampler under DDP)"
+            )
+        if single_class:
+            problems.append(
+                f"each of the first {len(labels)} batches holds a single class: the data is sorted by label, which "
+                f"gives the model one class at a time (shuffle, or interleave classes)"
+            )
+        if problems:
+            return CheckResult(self.name, False, "; ".join(problems) + ".", float(repeated), 0.0, details)
+        return CheckResult(
+            self.name, True, "the order changes between epochs and batches mix classes", 0.0, 0.0, details
+        )

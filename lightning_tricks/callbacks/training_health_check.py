@@ -1,0 +1,83 @@
+"""Recipe 2.9: once training starts, the loss must be finite and falling over the first steps."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from typing_extensions import override
+
+from lightning_tricks.callbacks.recipe_check import CheckResult, RecipeCheck
+
+
+class TrainingHealthCheck(RecipeCheck):
+    """Watch the first ``window`` training steps: every loss finite, and the last fifth lower than the first.
+
+    The loss is what ``training_step`` returned (the tensor, or the ``"loss"`` entry), averaged over
+    ranks every step of the window, so every rank reaches the same verdict at the same step. A
+    non-finite loss fails at once, naming the step and value. Defaults to ``on_failure="warn"``:
+    the run goes on, but you are told.
+
+    Args:
+        window: number of steps watched from the start of training.
+        min_decrease: the last fifth's mean must be below ``(1 - min_decrease)`` times the first fifth's.
+    """
+
+    name = "training_health"
+
+    def __init__(
+        self, window: int = 50, min_decrease: float = 0.05, on_failure: str = "warn", run_on_resume: bool = False
+    ) -> None:
+        super().__init__(on_failure, run_on_resume)
+        if isinstance(window, bool) or not isinstance(window, int) or window < 5:
+            raise ValueError(f"TrainingHealthCheck: `window` must be an integer >= 5, got {window!r}.")
+        if not isinstance(min_decrease, (int, float)) or not 0 <= min_decrease < 1:
+            raise ValueError(f"TrainingHealthCheck: `min_decrease` must be a number in [0, 1), got {min_decrease!r}.")
+        self.window, self.min_decrease = window, float(min_decrease)
+        self.losses: list[float] = []
+        self._active = False
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.losses, self.result = [], None
+        self._active = trainer.ckpt_path is None or self.run_on_resume
+
+    @override
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if not self._active:
+            return
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if not isinstance(loss, torch.Tensor):
+            return
+        value = float(trainer.strategy.reduce(loss.detach().float(), reduce_op="mean"))
+        self.losses.append(value)
+        step = trainer.global_step
+        details = {"steps_watched": len(self.losses)}
+        if not math.isfinite(value):
+            self._active = False
+            message = (
+                f"the training loss is {value} at step {step}: the learning rate may be too high, or the "
+                f"inputs/targets hold NaN/Inf (mixed precision overflow is another cause)."
+            )
+            self.finish(trainer, CheckResult(self.name, False, message, value, None, details))
+            return
+        if len(self.losses) < self.window:
+            return
+        self._active = False
+        fifth = max(1, self.window // 5)
+        first, last = sum(self.losses[:fifth]) / fifth, sum(self.losses[-fifth:]) / fifth
+        bound = (1 - self.min_decrease) * first
+        details.update(first_mean=first, last_mean=last)
+        head = f"training loss {first:.4g} -> {last:.4g} over the first {self.window} steps"
+        if last < bound:
+            self.finish(trainer, CheckResult(self.name, True, head, last, bound, details))
+        else:
+            message = (
+                f"{head}, not decreasing (needs < {bound:.4g} by step {step}): the learning rate may be too high "
+                f"(oscillation) or too low, or the gradients do not reach the weights."
+            )
+            self.finish(trainer, CheckResult(self.name, False, message, last, bound, details))

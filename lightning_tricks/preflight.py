@@ -1,0 +1,201 @@
+"""The recipe's "before you train" checks as one function, one pytest helper and one command.
+
+``run_preflight(model, datamodule)`` runs the checks (callbacks from :mod:`lightning_tricks.callbacks`)
+through a real ``Trainer`` that stops before its first step — the same code that runs when the
+checks are callbacks of your training run — and returns a :class:`PreflightReport`.
+``assert_preflight`` raises with the report when a check fails, for your test suite.
+``lightning-tricks preflight [overrides]`` does it on a configured model and data, writes
+``preflight.md``/``preflight.json``/figures into the run directory and exits non-zero on failure.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+from typing_extensions import override
+
+from lightning_tricks.callbacks.gradient_dependency_probe import GradientDependencyProbe
+from lightning_tricks.callbacks.init_loss_check import InitLossCheck
+from lightning_tricks.callbacks.input_independent_baseline import InputIndependentBaseline
+from lightning_tricks.callbacks.overfit_batch_check import OverfitBatchCheck
+from lightning_tricks.callbacks.recipe_check import CheckResult, RecipeCheck
+from lightning_tricks.callbacks.shuffle_check import ShuffleCheck
+from lightning_tricks.protocol import AdapterError
+
+
+def default_checks() -> list[RecipeCheck]:
+    """Checks 1-5 with their defaults: init loss, gradient dependency, overfit one batch, baseline, shuffle."""
+    return [InitLossCheck(), GradientDependencyProbe(), OverfitBatchCheck(), InputIndependentBaseline(), ShuffleCheck()]
+
+
+@dataclass
+class PreflightReport:
+    """Per-check results, with Markdown/JSON renderings and the figures the checks drew."""
+
+    results: list[CheckResult]
+
+    @property
+    def passed(self) -> bool:
+        return all(r.passed for r in self.results)
+
+    @property
+    def failed(self) -> list[CheckResult]:
+        return [r for r in self.results if not r.passed]
+
+    def __getitem__(self, name: str) -> CheckResult:
+        return next(r for r in self.results if r.name == name)
+
+    def to_markdown(self) -> str:
+        def number(x: float | None) -> str:
+            return "" if x is None else f"{x:.4g}"
+
+        verdict = "all checks passed" if self.passed else f"{len(self.failed)} of {len(self.results)} checks failed"
+        lines = [
+            f"# Preflight: {verdict}",
+            "",
+            "| check | status | measured | expected | finding |",
+            "|---|---|---|---|---|",
+        ]
+        for r in self.results:
+            message = r.message.replace("|", "\\|")
+            lines.append(f"| {r.name} | {r.status} | {number(r.measured)} | {number(r.expected)} | {message} |")
+        return "\n".join(lines) + "\n"
+
+    def to_dict(self) -> dict[str, Any]:
+        def clean(value: Any) -> Any:
+            if isinstance(value, float) and not math.isfinite(value):
+                return str(value)
+            if isinstance(value, (list, tuple)):
+                return [clean(v) for v in value]
+            return value
+
+        return {
+            "passed": self.passed,
+            "checks": [
+                {
+                    "name": r.name,
+                    "passed": r.passed,
+                    "message": r.message,
+                    "measured": clean(r.measured),
+                    "expected": clean(r.expected),
+                    "details": {k: clean(v) for k, v in r.details.items()},
+                }
+                for r in self.results
+            ],
+        }
+
+    def save(self, folder: str | Path) -> Path:
+        """Write ``preflight.md``, ``preflight.json`` and ``preflight_<check>_<figure>.png``; return the folder."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "preflight.md").write_text(self.to_markdown())
+        (folder / "preflight.json").write_text(json.dumps(self.to_dict(), indent=2))
+        for r in self.results:
+            for key, figure in r.figures.items():
+                figure.savefig(folder / f"preflight_{r.name}_{key}.png")
+        return folder
+
+    def __str__(self) -> str:
+        return self.to_markdown()
+
+
+class _RunChecks(Callback):
+    """Runs each check at fit start and keeps going when one fails or crashes (the report says so)."""
+
+    def __init__(self, checks: Sequence[RecipeCheck]) -> None:
+        self.checks = list(checks)
+        self.results: list[CheckResult] = []
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        for check in self.checks:
+            on_failure, check.on_failure = check.on_failure, "ignore"
+            try:
+                self.results.append(check.execute(trainer, pl_module))
+            except AdapterError:
+                raise  # the model cannot be checked as configured: that is the user's to fix, not a finding
+            except Exception as err:  # a crash on this model is a finding of this check
+                message = f"the check crashed: {type(err).__name__}: {err}"
+                self.results.append(check.finish(trainer, CheckResult(check.name, False, message)))
+            finally:
+                check.on_failure = on_failure
+
+
+def run_preflight(
+    model: pl.LightningModule,
+    datamodule: pl.LightningDataModule | None = None,
+    checks: Sequence[RecipeCheck] | None = None,
+    train_dataloaders: Any = None,
+    val_dataloaders: Any = None,
+    **trainer_kwargs: Any,
+) -> PreflightReport:
+    """Run the recipe's checks on ``model`` and its data; return the report (nothing is trained or changed).
+
+    ``trainer_kwargs`` go to the ``Trainer`` (e.g. ``accelerator="gpu"``, ``devices=2, strategy="ddp"``,
+    ``logger=WandbLogger(...)`` to log the checks' numbers and figures).
+    """
+    runner = _RunChecks(default_checks() if checks is None else checks)
+    settings = {
+        "accelerator": "cpu",
+        "devices": 1,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "num_sanity_val_steps": 0,
+        **trainer_kwargs,
+        "max_steps": 0,  # the checks run at fit start; no training step follows
+    }
+    settings["callbacks"] = [*settings.get("callbacks", []), runner]
+    trainer = pl.Trainer(**settings)
+    trainer.fit(model, datamodule=datamodule, train_dataloaders=train_dataloaders, val_dataloaders=val_dataloaders)
+    return PreflightReport(runner.results)
+
+
+def assert_preflight(
+    model: pl.LightningModule, datamodule: pl.LightningDataModule | None = None, **kwargs: Any
+) -> PreflightReport:
+    """``run_preflight`` for test suites: raises ``AssertionError`` with the Markdown report on any failure."""
+    report = run_preflight(model, datamodule, **kwargs)
+    if not report.passed:
+        raise AssertionError("\n" + report.to_markdown())
+    return report
+
+
+def preflight(cfg: DictConfig) -> PreflightReport:
+    """The `preflight` command's work: build the configured data and model, run the configured checks."""
+    from lightning_tricks.train import build_data_and_model, instantiate_group
+
+    datamodule, model = build_data_and_model(cfg)
+    callbacks = instantiate_group(cfg.get("callbacks"), "callbacks")
+    checks = [c for c in callbacks if isinstance(c, RecipeCheck) and c.name != "training_health"]
+    loggers = instantiate_group(cfg.get("logger"), "logger")
+    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+    trainer_cfg = {k: v for k, v in trainer_cfg.items() if k not in ("_target_", "max_epochs")}
+    report = run_preflight(model, datamodule, checks=checks, **{**trainer_cfg, "logger": loggers or False})
+    if rank_zero_only.rank == 0:
+        report.save(cfg.paths.output_dir)
+    return report
+
+
+@hydra.main(version_base="1.3", config_path="pkg://lightning_tricks.conf", config_name="preflight")
+def main(cfg: DictConfig) -> None:
+    report = preflight(cfg)
+    if rank_zero_only.rank == 0:
+        from rich.console import Console
+        from rich.markdown import Markdown
+
+        Console(soft_wrap=True).print(Markdown(report.to_markdown()))
+        print(f"report: {Path(cfg.paths.output_dir) / 'preflight.md'}")
+    if not report.passed:
+        raise SystemExit(1)
