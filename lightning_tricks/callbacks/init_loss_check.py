@@ -8,7 +8,7 @@ import lightning.pytorch as pl
 import torch
 
 from lightning_tricks.callbacks.recipe_check import CheckResult, RecipeCheck, as_float, shared_batches
-from lightning_tricks.functional.init_loss import expected_init_loss, likely_cause
+from lightning_tricks.functional.init_loss import bias_matches_targets, expected_init_loss, likely_cause
 from lightning_tricks.isolation import preserved
 from lightning_tricks.protocol import AdapterError
 
@@ -68,13 +68,22 @@ class InitLossCheck(RecipeCheck):
         measured = sum(losses) / len(losses)
         all_targets = torch.cat([t.reshape(t.shape[0], -1) if t.ndim > 1 else t for t in targets])
         num_outputs = layer.weight.shape[0] if layer is not None and hasattr(layer, "weight") else None
+        # The prior-loss of the bias is expected only when the bias was set from the data; any other
+        # bias (a default init, or one scaled up by mistake) is held to the zero-bias value.
+        from_data = isinstance(bias, torch.Tensor) and bias_matches_targets(task, all_targets, bias)
         expected = (
             float(self.expected)
             if self.expected is not None
-            else expected_init_loss(task, all_targets, bias if isinstance(bias, torch.Tensor) else None, num_outputs)
+            else expected_init_loss(task, all_targets, bias if from_data else None, num_outputs)
         )
         passed = math.isfinite(measured) and abs(measured - expected) <= self.rtol * abs(expected)
-        details = {"rtol": self.rtol, "num_batches": len(batches), "task": task, "output_layer": layer_name}
+        details = {
+            "rtol": self.rtol,
+            "num_batches": len(batches),
+            "task": task,
+            "output_layer": layer_name,
+            "bias_from_data": bool(from_data),
+        }
         head = f"initial loss {measured:.4g}, expected {expected:.4g} (±{self.rtol:.0%}, {task})"
         if passed:
             return CheckResult(self.name, True, head, measured, expected, details)

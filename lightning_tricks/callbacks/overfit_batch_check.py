@@ -7,6 +7,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from torch import nn
 
 from lightning_tricks.callbacks.recipe_check import CheckResult, RecipeCheck, shared_batches
 from lightning_tricks.isolation import fresh_optimizer, preserved
@@ -24,6 +25,16 @@ def take(batch: Any, n: int) -> Any:
     return batch
 
 
+def train_without_dropout(module: nn.Module) -> None:
+    """Training mode (BatchNorm uses the batch's statistics) with dropout off: overfitting wants no regulariser."""
+    module.train()
+    for m in module.modules():
+        if isinstance(
+            m, (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
+        ):
+            m.eval()
+
+
 def fits_exactly(task: str, outputs: torch.Tensor, targets: torch.Tensor) -> bool | None:
     """Whether every prediction is right (None for regression, where the loss alone decides)."""
     if task == "multiclass":
@@ -39,7 +50,7 @@ class OverfitBatchCheck(RecipeCheck):
     """Train on one fixed batch with a fresh optimizer; the loss must fall to ``rel_threshold`` of its start.
 
     The batch is the first ``batch_size`` samples of rank 0's first training batch (the same on every
-    rank). The optimizer comes from ``configure_optimizers`` (or ``optimizer=``, a factory taking the
+    rank), trained with dropout off and BatchNorm on the batch's statistics. The optimizer comes from ``configure_optimizers`` (or ``optimizer=``, a factory taking the
     parameters); the model's weights, buffers, gradients and modes and the RNG are restored afterwards.
     Classification must also reach 100% accuracy on the batch. The loss curve is logged as a figure.
 
@@ -89,8 +100,8 @@ class OverfitBatchCheck(RecipeCheck):
         solved_at, exact = None, None
         with preserved(pl_module, seed=self.seed), torch.enable_grad():
             optimizer = fresh_optimizer(pl_module, self.optimizer)
+            train_without_dropout(pl_module)
             for step in range(self.max_steps):
-                pl_module.train()
                 optimizer.zero_grad(set_to_none=True)
                 loss = self.adapter.loss(pl_module, pl_module(inputs), targets)
                 losses.append(float(loss.detach()))
@@ -99,7 +110,8 @@ class OverfitBatchCheck(RecipeCheck):
                 loss.backward()
                 optimizer.step()
                 if step % 10 == 9 or step == self.max_steps - 1:
-                    pl_module.eval()
+                    # Scored in the mode it trains in: on one fixed batch, BatchNorm's batch statistics are
+                    # exact, while its running averages still lag behind the weights.
                     with torch.no_grad():
                         outputs = pl_module(inputs)
                         final = float(self.adapter.loss(pl_module, outputs, targets))
@@ -117,6 +129,8 @@ class OverfitBatchCheck(RecipeCheck):
             return CheckResult(self.name, True, message, end, self.rel_threshold * start, details, {"curve": figure})
         if not math.isfinite(end):
             why = "the loss became non-finite: the learning rate is too high, or the inputs hold NaN/Inf."
+        elif end > start:
+            why = "the loss went up instead of down: the learning rate is too high for this model."
         elif end > 0.5 * start:
             why = (
                 "the loss barely moved: the learning rate is too low or too high, gradients do not flow (a "

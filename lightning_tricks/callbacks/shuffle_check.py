@@ -16,12 +16,12 @@ def _fingerprint(tensor: torch.Tensor) -> str:
 
 
 class ShuffleCheck(RecipeCheck):
-    """The training loader must present a new order every epoch, and batches must not be single-class.
+    """The training loader must present a new order every epoch, and must not be sorted by label.
 
     Reads the first ``num_batches`` batches of two passes over the loader (the user's loader, as the
     next two epochs would see it: ``set_epoch`` is called on samplers that have it), compares them,
-    and looks at the labels: a loader that repeats its order fails; so does one whose batches each
-    hold a single class (data sorted by label), even if it shuffles.
+    and looks at the labels: a loader that repeats its order fails; so does one whose labels come
+    sorted (monotone over those batches), even if it changes order between epochs.
     """
 
     name = "shuffle"
@@ -48,7 +48,9 @@ class ShuffleCheck(RecipeCheck):
         prints, labels = [], []
         for batch in loader:
             inputs, targets = self.adapter.inputs_targets(pl_module, batch)
-            prints.append(_fingerprint(inputs) if isinstance(inputs, torch.Tensor) else repr(inputs))
+            # Inputs and targets together: either alone can be constant (all-NaN inputs, one class).
+            parts = [x for x in (inputs, targets) if isinstance(x, torch.Tensor)]
+            prints.append("".join(_fingerprint(x) for x in parts) or repr(batch))
             labels.append(targets)
             if len(prints) == self.num_batches:
                 break
@@ -66,25 +68,26 @@ class ShuffleCheck(RecipeCheck):
             if epochs[id(s)] is not None:
                 s.epoch = epochs[id(s)]
         repeated = first == second
-        single_class = False
+        sorted_by_label = False
         if labels and all(isinstance(y, torch.Tensor) and y.ndim == 1 for y in labels):
-            single_class = (
-                all(torch.unique(y).numel() == 1 for y in labels) and torch.unique(torch.cat(labels)).numel() > 1
-            )
-        details = {"batches_compared": len(first), "order_repeats": repeated, "single_class_batches": single_class}
+            y = torch.cat(labels).float()
+            steps = y[1:] - y[:-1]
+            # Monotone labels over several batches are sorted data, not chance (p ~ 1/n! for n samples).
+            sorted_by_label = torch.unique(y).numel() > 1 and bool((steps >= 0).all() or (steps <= 0).all())
+        details = {"batches_compared": len(first), "order_repeats": repeated, "sorted_by_label": sorted_by_label}
         problems = []
         if repeated:
             problems.append(
                 "the training loader returns the same batches in the same order every epoch: use "
                 "DataLoader(shuffle=True) (Lightning makes it a shuffling DistributedSampler under DDP)"
             )
-        if single_class:
+        if sorted_by_label:
             problems.append(
-                f"each of the first {len(labels)} batches holds a single class: the data is sorted by label, which "
-                f"gives the model one class at a time (shuffle, or interleave classes)"
+                f"the first {len(labels)} batches come sorted by label: the model sees one class at a time and "
+                f"forgets the others (shuffle, or interleave classes)"
             )
         if problems:
             return CheckResult(self.name, False, "; ".join(problems) + ".", float(repeated), 0.0, details)
         return CheckResult(
-            self.name, True, "the order changes between epochs and batches mix classes", 0.0, 0.0, details
+            self.name, True, "the order changes between epochs and labels do not come sorted", 0.0, 0.0, details
         )

@@ -13,7 +13,7 @@ from lightning_tricks.callbacks.recipe_check import CheckResult, RecipeCheck
 
 
 class TrainingHealthCheck(RecipeCheck):
-    """Watch the first ``window`` training steps: every loss finite, and the last fifth lower than the first.
+    """Watch the first ``window`` training steps: every loss finite, none ``blowup`` times the first, and falling.
 
     The loss is what ``training_step`` returned (the tensor, or the ``"loss"`` entry), averaged over
     ranks every step of the window, so every rank reaches the same verdict at the same step. A
@@ -23,19 +23,27 @@ class TrainingHealthCheck(RecipeCheck):
     Args:
         window: number of steps watched from the start of training.
         min_decrease: the last fifth's mean must be below ``(1 - min_decrease)`` times the first fifth's.
+        blowup: a loss above ``blowup`` times the first step's is divergence, even if it comes back down.
     """
 
     name = "training_health"
 
     def __init__(
-        self, window: int = 50, min_decrease: float = 0.05, on_failure: str = "warn", run_on_resume: bool = False
+        self,
+        window: int = 50,
+        min_decrease: float = 0.01,
+        blowup: float = 10.0,
+        on_failure: str = "warn",
+        run_on_resume: bool = False,
     ) -> None:
         super().__init__(on_failure, run_on_resume)
         if isinstance(window, bool) or not isinstance(window, int) or window < 5:
             raise ValueError(f"TrainingHealthCheck: `window` must be an integer >= 5, got {window!r}.")
         if not isinstance(min_decrease, (int, float)) or not 0 <= min_decrease < 1:
             raise ValueError(f"TrainingHealthCheck: `min_decrease` must be a number in [0, 1), got {min_decrease!r}.")
-        self.window, self.min_decrease = window, float(min_decrease)
+        if not isinstance(blowup, (int, float)) or not blowup > 1:
+            raise ValueError(f"TrainingHealthCheck: `blowup` must be a number > 1, got {blowup!r}.")
+        self.window, self.min_decrease, self.blowup = window, float(min_decrease), float(blowup)
         self.losses: list[float] = []
         self._active = False
 
@@ -64,6 +72,14 @@ class TrainingHealthCheck(RecipeCheck):
                 f"inputs/targets hold NaN/Inf (mixed precision overflow is another cause)."
             )
             self.finish(trainer, CheckResult(self.name, False, message, value, None, details))
+            return
+        if value > self.blowup * self.losses[0]:
+            self._active = False
+            message = (
+                f"the training loss jumped to {value:.4g} at step {step}, {value / self.losses[0]:.3g}x its first "
+                f"value {self.losses[0]:.4g}: training is diverging (the learning rate is too high)."
+            )
+            self.finish(trainer, CheckResult(self.name, False, message, value, self.blowup * self.losses[0], details))
             return
         if len(self.losses) < self.window:
             return

@@ -32,6 +32,14 @@ class DependencyReport:
         return [int(j) for j in torch.nonzero(self.contamination > 0).flatten()]
 
 
+def _grad(output: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+    """d output / d inputs, zeros when the inputs do not reach the output at all (that is a finding, not an error)."""
+    if not output.requires_grad:  # nothing with parameters or inputs produced it
+        return torch.zeros_like(inputs)
+    (grad,) = torch.autograd.grad(output, inputs, retain_graph=True, allow_unused=True, materialize_grads=True)
+    return grad
+
+
 def _scores(outputs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     flat = outputs.reshape(outputs.shape[0], -1)
     u = torch.randn(flat.shape[1], generator=generator, dtype=torch.float64).to(flat.device, flat.dtype)
@@ -54,8 +62,8 @@ def batch_dependency(
     # Weights in [1, 2): far from 0, so dividing by them is well conditioned.
     w1, w2 = (1 + torch.rand(batch, generator=generator, dtype=torch.float64) for _ in range(2))
     w1, w2 = (w.to(scores.device, scores.dtype) for w in (w1, w2))
-    (g1,) = torch.autograd.grad((w1 * scores).sum(), inputs, retain_graph=True)
-    (g2,) = torch.autograd.grad((w2 * scores).sum(), inputs, retain_graph=True)
+    g1 = _grad((w1 * scores).sum(), inputs)
+    g2 = _grad((w2 * scores).sum(), inputs)
     d1, d2 = (g / w.reshape(shape) for g, w in ((g1, w1), (g2, w2)))
     diff = (d1 - d2).reshape(batch, -1).double().norm(dim=1)
     scale = torch.maximum(d1.reshape(batch, -1).double().norm(dim=1), d2.reshape(batch, -1).double().norm(dim=1))
@@ -68,7 +76,7 @@ def batch_dependency(
     suspects = report.mixed_inputs + [i for i in range(batch) if i not in report.mixed_inputs]
     if report.mixed_inputs:
         for i in suspects[:max_explained]:
-            (g,) = torch.autograd.grad(scores[i], inputs, retain_graph=True)
+            g = _grad(scores[i], inputs)
             report.backward_passes += 1
             norms = g.reshape(batch, -1).double().norm(dim=1)
             for j in torch.nonzero(norms > rtol * norms.max().clamp_min(1e-300)).flatten().tolist():
@@ -88,7 +96,7 @@ def causal_violations(
     violations = []
     for t in positions:
         score = _scores(outputs[:, t], generator).sum()
-        (g,) = torch.autograd.grad(score, inputs, retain_graph=True)
+        g = _grad(score, inputs)
         per_position = g.transpose(0, 1).reshape(g.shape[1], -1).double().norm(dim=1)
         threshold = rtol * per_position.max().clamp_min(1e-300)
         violations += [(t, s) for s in range(t + 1, per_position.shape[0]) if per_position[s] > threshold]

@@ -25,7 +25,7 @@ import math
 
 import torch
 
-__all__ = ["expected_init_loss", "likely_cause"]
+__all__ = ["bias_matches_targets", "expected_init_loss", "likely_cause"]
 
 
 def expected_init_loss(
@@ -52,6 +52,33 @@ def expected_init_loss(
         y = targets.double().reshape(targets.shape[0], -1)
         b = torch.zeros(y.shape[1], dtype=torch.float64) if bias is None else bias.detach().cpu().double().flatten()
         return float((y.var(0, unbiased=False) + (y.mean(0) - b) ** 2).mean())
+    raise ValueError(f"`task` must be one of 'multiclass', 'binary', 'multilabel', 'regression', got {task!r}.")
+
+
+def bias_matches_targets(task: str, targets: torch.Tensor, bias: torch.Tensor, atol: float = 0.1) -> bool:
+    """Whether the output bias was set from these targets' statistics (recipe 2.5), within ``atol``.
+
+    Compares the constant prediction of the bias with the targets: softmax(bias) with the class
+    frequencies, sigmoid(bias) with the positive rates, bias with the mean (``atol`` in target
+    standard deviations). Only such a bias makes its prior-loss the expected one; any other bias is
+    judged against the zero-bias expectation (``ln C``, ``ln 2``, the mean square).
+
+    >>> p = torch.tensor([0.75, 0.25])
+    >>> bias_matches_targets("multiclass", torch.tensor([0, 0, 0, 1]), p.log())
+    True
+    >>> bias_matches_targets("multiclass", torch.tensor([0, 0, 0, 1]), 100 * p.log())
+    False
+    """
+    targets, b = targets.detach().cpu(), bias.detach().cpu().double().flatten()
+    if task == "multiclass":
+        priors = torch.bincount(targets.long().flatten(), minlength=b.numel()).double() / targets.numel()
+        return priors.numel() == b.numel() and bool((torch.softmax(b, 0) - priors).abs().max() <= atol)
+    y = targets.double().reshape(targets.shape[0], -1)
+    if task in ("binary", "multilabel"):
+        return bool((torch.sigmoid(b).expand(y.shape[1]) - y.mean(0)).abs().max() <= atol)
+    if task == "regression":
+        scale = y.std(0, unbiased=False).clamp_min(1e-12)
+        return bool(((b.expand(y.shape[1]) - y.mean(0)).abs() / scale).max() <= atol)
     raise ValueError(f"`task` must be one of 'multiclass', 'binary', 'multilabel', 'regression', got {task!r}.")
 
 
