@@ -50,8 +50,9 @@ class OverfitBatchCheck(RecipeCheck):
     """Train on one fixed batch with a fresh optimizer; the loss must fall to ``rel_threshold`` of its start.
 
     The batch is the first ``batch_size`` samples of rank 0's first training batch (the same on every
-    rank), trained with dropout off and BatchNorm on the batch's statistics. The optimizer comes from ``configure_optimizers`` (or ``optimizer=``, a factory taking the
-    parameters); the model's weights, buffers, gradients and modes and the RNG are restored afterwards.
+    rank), trained with dropout off and BatchNorm on the batch's statistics. The optimizer comes from
+    ``configure_optimizers`` (or ``optimizer=``, a factory taking the parameters); the model's weights,
+    buffers, gradients and modes and the RNG are restored afterwards.
     Classification must also reach 100% accuracy on the batch. The loss curve is logged as a figure.
 
     Args:
