@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -40,13 +41,13 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 def test_help_lists_commands_and_config_groups(tmp_path: Path) -> None:
     top = ok(cli("--help", cwd=tmp_path)).stdout
-    assert "train" in top and "usage: lightning-tricks <command>" in top
+    assert "train" in top and "preflight" in top and "usage: lightning-tricks <command>" in top
     train = ok(cli("train", "--help", cwd=tmp_path)).stdout
     for line in ("data: digits, mnist1d", "data/synthetic: classification, imbalanced, regression"):
         assert line in train
     assert "trainer: cpu, ddp, ddp_cpu, gpu" in train and "logger: csv, none, tensorboard, wandb" in train
     bad = cli("tarin", cwd=tmp_path)
-    assert bad.returncode == 2 and "unknown command 'tarin'; choose one of ['train']" in bad.stderr
+    assert bad.returncode == 2 and "unknown command 'tarin'; choose one of ['preflight', 'train']" in bad.stderr
 
 
 @pytest.mark.slow
@@ -79,6 +80,21 @@ def test_train_with_csv_logger_and_resume(tmp_path: Path) -> None:
     )
     epochs = {r["epoch"] for r in read_csv(resumed / "csv" / "metrics.csv") if r.get("train/loss_epoch")}
     assert epochs == {"1"}
+
+
+@pytest.mark.slow
+def test_preflight_command_passes_the_default_model_and_fails_a_crippled_one(tmp_path: Path) -> None:
+    good = tmp_path / "good"
+    proc = ok(cli("preflight", f"hydra.run.dir={good}", cwd=tmp_path))
+    assert "all checks passed" in proc.stdout and (good / "preflight.md").exists()
+    report = json.loads((good / "preflight.json").read_text())
+    assert report["passed"] and len(report["checks"]) == 5
+    assert (good / "preflight_overfit_batch_curve.png").exists()
+    # One optimizer step cannot overfit a batch: the command must fail, as a CI gate would need.
+    bad = tmp_path / "bad"
+    proc = cli("preflight", "callbacks.overfit_batch_check.max_steps=1", f"hydra.run.dir={bad}", cwd=tmp_path)
+    assert proc.returncode == 1 and "1 of 5 checks failed" in proc.stdout
+    assert json.loads((bad / "preflight.json").read_text())["passed"] is False
 
 
 def test_unknown_group_option_lists_the_available_ones(tmp_path: Path) -> None:

@@ -104,11 +104,26 @@ def test_logger_none_means_no_logger(compose_train) -> None:
 
 
 def test_a_callback_can_be_switched_off(compose_train) -> None:
-    cfg = compose_train("callbacks.model_checkpoint=null")
-    assert [type(c).__name__ for c in instantiate_group(cfg.callbacks, "callbacks")] == [
-        "SeedEverything",
-        "RichProgressBar",
+    names = [type(c).__name__ for c in instantiate_group(compose_train().callbacks, "callbacks")]
+    assert "ModelCheckpoint" in names and "InitLossCheck" in names
+    cfg = compose_train("callbacks.model_checkpoint=null", "callbacks.init_loss_check=null")
+    remaining = [type(c).__name__ for c in instantiate_group(cfg.callbacks, "callbacks")]
+    assert remaining == [n for n in names if n not in ("ModelCheckpoint", "InitLossCheck")]
+
+
+def test_default_recipe_has_every_preflight_check_warning(compose_train) -> None:
+    from lightning_tricks.callbacks import RecipeCheck
+
+    checks = [c for c in instantiate_group(compose_train().callbacks, "callbacks") if isinstance(c, RecipeCheck)]
+    assert sorted(c.name for c in checks) == [
+        "gradient_dependency",
+        "init_loss",
+        "input_independent_baseline",
+        "overfit_batch",
+        "shuffle",
+        "training_health",
     ]
+    assert {c.on_failure for c in checks} == {"warn"}
 
 
 def test_a_config_without_target_is_a_clear_error() -> None:
