@@ -44,10 +44,10 @@ def run_dir(trainer: pl.Trainer) -> Path:
     return Path(trainer.default_root_dir)
 
 
-def _file_path(trainer: pl.Trainer, key: str, step: int | None, suffix: str) -> Path:
+def _file_path(trainer: pl.Trainer, key: str, step: int, suffix: str) -> Path:
+    # One file per key and step, like W&B/TensorBoard keep one entry per step: nothing is overwritten.
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", key).strip("_")
-    step_part = f"_step{step}" if step is not None else ""
-    path = run_dir(trainer) / "media" / f"{safe}{step_part}{suffix}"
+    path = run_dir(trainer) / "media" / f"{safe}_step{step}{suffix}"
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -91,7 +91,7 @@ def log_image(
         return None
     import matplotlib.image
 
-    path = _file_path(trainer, key, step, ".png")
+    path = _file_path(trainer, key, _step(trainer, step), ".png")
     matplotlib.image.imsave(path, array[..., 0] if array.shape[-1] == 1 else array, cmap="gray")
     return path
 
@@ -121,7 +121,7 @@ def log_table(
         logger.experiment.add_text(key, "\n".join(lines), global_step=_step(trainer, step))
     if wandb_loggers or tb_loggers:
         return None
-    path = _file_path(trainer, key, step, ".csv")
+    path = _file_path(trainer, key, _step(trainer, step), ".csv")
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(columns)

@@ -21,11 +21,21 @@ class RunSummary:
     #: (what, path, how to open it) per logger
     logs: list[tuple[str, str, str]] = field(default_factory=list)
 
-    @classmethod
-    def from_trainer(cls, trainer: pl.Trainer, metrics: dict[str, float], evaluated: str | None) -> RunSummary:
+    @staticmethod
+    def checkpoints_of(trainer: pl.Trainer) -> tuple[str | None, str | None]:
+        """(best, last) checkpoint paths of the trainer's ModelCheckpoint, if any."""
         ckpt = trainer.checkpoint_callback
-        best = getattr(ckpt, "best_model_path", "") or None
-        last = getattr(ckpt, "last_model_path", "") or None
+        return getattr(ckpt, "best_model_path", "") or None, getattr(ckpt, "last_model_path", "") or None
+
+    @classmethod
+    def from_trainer(
+        cls,
+        trainer: pl.Trainer,
+        metrics: dict[str, float],
+        evaluated: str | None,
+        checkpoints: tuple[str | None, str | None] | None = None,
+    ) -> RunSummary:
+        best, last = checkpoints or cls.checkpoints_of(trainer)
         logs = []
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger) and trainer.is_global_zero:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import hydra
@@ -13,6 +14,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
+from lightning_tricks.functional.seed import check_seed
 from lightning_tricks.summary import RunSummary
 
 log = logging.getLogger(__name__)
@@ -34,8 +36,20 @@ def instantiate_group(cfg: Mapping[str, Any] | None, kind: str) -> list[Any]:
     return objects
 
 
+def check_run_config(cfg: DictConfig) -> None:
+    """Fail on bad top-level values before anything is built or trained."""
+    check_seed(cfg.seed, "seed")
+    eval_ckpt = cfg.get("eval_ckpt")
+    if eval_ckpt not in (None, "best", "last") and not Path(str(eval_ckpt)).is_file():
+        raise ValueError(f"`eval_ckpt` must be 'best', 'last', null or an existing checkpoint file, got {eval_ckpt!r}.")
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path is not None and not Path(str(ckpt_path)).is_file():
+        raise ValueError(f"`ckpt_path` must be an existing checkpoint file to resume from, got {ckpt_path!r}.")
+
+
 def build_data_and_model(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule]:
     """Seed, then build the data module and the model (whose initial weights depend on the seed)."""
+    check_run_config(cfg)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     # `_convert_="all"`: plain lists and dicts, not OmegaConf containers, reach the constructors, so
     # hyper-parameters saved in checkpoints load with torch.load(weights_only=True).
@@ -73,6 +87,8 @@ def train(cfg: DictConfig) -> RunSummary:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        # Read now: validate()/test() restore callback state from the evaluated checkpoint.
+        checkpoints = RunSummary.checkpoints_of(trainer)
         ckpt = _eval_ckpt(trainer, cfg.get("eval_ckpt"))
         metrics: dict[str, float] = {}
         for result in trainer.validate(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False):
@@ -80,7 +96,7 @@ def train(cfg: DictConfig) -> RunSummary:
         if cfg.get("test", True):
             for result in trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False):
                 metrics.update(result)
-        return RunSummary.from_trainer(trainer, metrics, evaluated=ckpt)
+        return RunSummary.from_trainer(trainer, metrics, evaluated=ckpt, checkpoints=checkpoints)
     finally:
         # Hydra multirun runs jobs in one process: close this job's W&B run so the next gets its own.
         for logger in trainer.loggers:

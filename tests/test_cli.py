@@ -115,6 +115,21 @@ def test_negative_learning_rate_fails_before_training_and_keeps_files(tmp_path: 
     assert not (run_dir / "csv").exists()  # nothing was trained or logged
 
 
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("seed=-1", "`seed` must be an integer in [0, 4294967295], got -1"),
+        ("eval_ckpt=bets", "`eval_ckpt` must be 'best', 'last', null or an existing checkpoint file, got 'bets'"),
+        ("ckpt_path=nowhere.ckpt", "`ckpt_path` must be an existing checkpoint file to resume from"),
+    ],
+)
+def test_bad_run_settings_fail_before_training(tmp_path: Path, override: str, message: str) -> None:
+    run_dir = tmp_path / "run"
+    proc = cli("train", "logger=csv", override, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert proc.returncode != 0 and message in proc.stderr
+    assert not (run_dir / "csv").exists() and not (run_dir / "checkpoints").exists()
+
+
 def test_unknown_task_name_is_a_clear_error(tmp_path: Path) -> None:
     proc = cli("train", "data=synthetic/classification", "data.task=clasification", cwd=tmp_path)
     assert proc.returncode != 0

@@ -76,6 +76,17 @@ def test_every_callback_yaml_instantiates_with_real_arguments(name: str, compose
             assert getattr(callback, key) == value, f"callbacks/{name}.yaml: {key}"
 
 
+@pytest.mark.parametrize(
+    "name", [n for n in options("callbacks") if not n.startswith(("model_", "rich_", "learning_"))]
+)
+def test_our_callback_yamls_list_every_constructor_argument(name: str) -> None:
+    """The YAML documents the whole constructor: a new argument missing from it fails here."""
+    node = OmegaConf.to_container(OmegaConf.load(CONF / "callbacks" / f"{name}.yaml"))
+    accepted, _ = constructor_arguments(node["_target_"])
+    assert node["_target_"].startswith("lightning_tricks.")
+    assert accepted == {k for k in node if not k.startswith("_")}, f"callbacks/{name}.yaml"
+
+
 # The CNN needs (C, L) or (C, H, W) inputs; synthetic data is tabular, so it pairs with the MLP only.
 PAIRS = [(d, "mlp") for d in options("data")] + [("digits", "cnn"), ("mnist1d", "cnn")]
 

@@ -36,10 +36,12 @@ def test_digits_split_is_deterministic_disjoint_and_complete() -> None:
 def test_split_is_stratified() -> None:
     dm = SyntheticClassificationDataModule(num_samples=2200, num_classes=2, priors=[10 / 11, 1 / 11], task="binary")
     dm.setup()
-    for split in ("train", "val", "test"):
+    # 2000 negatives and 200 positives split 70/15/15 with stratification: exact up to one sample
+    expected = {"train": (1400, 140), "val": (300, 30), "test": (300, 30)}
+    for split, (negatives, positives) in expected.items():
         y = dm.datasets[split].tensors[1]
         assert y.dtype == torch.float32
-        assert abs(y.mean().item() - 1 / 11) < 0.01
+        assert abs(int((y == 0).sum()) - negatives) <= 1 and abs(int((y == 1).sum()) - positives) <= 1
 
 
 def test_synthetic_priors_are_exact() -> None:
@@ -102,3 +104,5 @@ def test_bad_synthetic_arguments_are_named() -> None:
         SyntheticClassificationDataModule(num_classes=3, priors=[0.5, 0.5])
     with pytest.raises(ValueError, match="needs `num_classes=2`"):
         SyntheticClassificationDataModule(num_classes=3, task="binary")
+    with pytest.raises(ValueError, match=r"10 samples .* too few samples per class .*`num_samples`"):
+        SyntheticClassificationDataModule(num_samples=10, num_classes=4).setup()

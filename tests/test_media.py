@@ -50,6 +50,7 @@ def test_without_rich_loggers_media_are_files(tmp_path: Path) -> None:
     with table.open() as f:
         assert list(csv.reader(f)) == [["index", "label", "loss"], ["0", "cat", "0.5"], ["1", "dog", "2.25"]]
     assert plt.imread(fig_png).shape[:2] == (200, 200)
+    assert fig_png.name == "tricks_curve_step0.png"  # no step given: the trainer's global step
     log_scalars(trainer, {"tricks/x": 1.5}, step=0)
     trainer.loggers[0].save()
     assert "tricks/x" in (tmp_path / "csv" / "metrics.csv").read_text()
@@ -138,4 +139,7 @@ def test_under_ddp_only_rank_zero_writes(tmp_path: Path) -> None:
     assert rank1 == {"png": None, "csv": None}
     assert Path(rank0["png"]).exists()
     assert Path(rank0["csv"]).read_text().splitlines() == ["rank", "0"]
-    assert sorted(p.name for p in (tmp_path / "csv" / "media").iterdir()) == ["tricks_table.csv", "tricks_weights.png"]
+    assert sorted(p.name for p in (tmp_path / "csv" / "media").iterdir()) == [
+        "tricks_table_step2.csv",
+        "tricks_weights_step2.png",
+    ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import random
 from pathlib import Path
 
@@ -96,6 +97,12 @@ def test_bad_seed_is_refused_with_the_range(seed) -> None:
         SeedEverything(seed=seed)
 
 
+def test_numpy_integer_seeds_are_accepted_and_flags_must_be_booleans() -> None:
+    assert SeedEverything(seed=np.int64(3)).seed == 3
+    with pytest.raises(ValueError, match="`workers` must be True or False, got 'false'"):
+        SeedEverything(workers="false")
+
+
 def test_bad_deterministic_is_refused() -> None:
     with pytest.raises(ValueError, match="`deterministic` must be True, False or 'warn', got 'yes'"):
         SeedEverything(deterministic="yes")
@@ -146,12 +153,14 @@ def test_checkpoint_holds_the_rng_state_and_loads_weights_only(tmp_path: Path) -
     assert set(state["rng_states"][0]) >= {"python", "numpy", "torch"}
 
 
-def test_deterministic_mode_is_on_during_fit_and_restored_after(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", [True, "warn"])
+def test_deterministic_mode_is_on_during_fit_and_restored_after(tmp_path: Path, mode) -> None:
     seen = {}
 
     class Probe(Callback):
         def on_train_start(self, trainer, pl_module) -> None:
             seen["during"] = torch.are_deterministic_algorithms_enabled()
+            seen["warn_only"] = torch.is_deterministic_algorithms_warn_only_enabled()
 
     before = torch.are_deterministic_algorithms_enabled()
     dm = DigitsDataModule(seed=0)
@@ -159,7 +168,7 @@ def test_deterministic_mode_is_on_during_fit_and_restored_after(tmp_path: Path) 
         max_epochs=1,
         limit_train_batches=2,
         limit_val_batches=1,
-        callbacks=[SeedEverything(0, deterministic=True), Probe()],
+        callbacks=[SeedEverything(0, deterministic=mode), Probe()],
         logger=False,
         enable_progress_bar=False,
         enable_checkpointing=False,
@@ -167,7 +176,7 @@ def test_deterministic_mode_is_on_during_fit_and_restored_after(tmp_path: Path) 
         default_root_dir=tmp_path,
     )
     trainer.fit(MLP(input_shape=dm.input_shape, num_outputs=10), datamodule=dm)
-    assert seen["during"] is True
+    assert seen["during"] is True and seen["warn_only"] is (mode == "warn")
     assert torch.are_deterministic_algorithms_enabled() is before
 
 
@@ -213,6 +222,8 @@ def test_ddp_resume_equals_uninterrupted_run_on_every_rank(tmp_path: Path) -> No
     assert len(state["rng_states"]) == 2
     assert not torch.equal(state["rng_states"][0]["torch"], state["rng_states"][1]["torch"])
 
-    # Resuming that 2-rank checkpoint on 1 process cannot be exact: it says so and still runs.
+    # Resuming that 2-rank checkpoint on 1 process cannot be exact: it says so and still runs, with the
+    # shared shuffle seed and per-worker seeding intact (what a DistributedSampler needs to shard the data).
     with pytest.warns(UserWarning, match="RNG states of 2 processes but this run has 1"):
         fit_digits(str(tmp_path / "resumed"), 5, ckpt_path=str(ckpt))
+    assert os.environ["PL_GLOBAL_SEED"] == "0" and os.environ["PL_SEED_WORKERS"] == "1"

@@ -30,13 +30,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
-from lightning_tricks.functional.seed import (
-    MAX_SEED,
-    collect_rng_states,
-    derive_seed,
-    rank_seed,
-    set_rng_states,
-)
+from lightning_tricks.functional.seed import check_seed, collect_rng_states, derive_seed, rank_seed, set_rng_states
 
 
 class SeedEverything(Callback):
@@ -64,27 +58,22 @@ class SeedEverything(Callback):
         deterministic: bool | Literal["warn"] = False,
         log_hyperparams: bool = True,
     ) -> None:
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
-            raise ValueError(f"SeedEverything: `seed` must be an integer in [0, {MAX_SEED}], got {seed!r}.")
         if deterministic not in (True, False, "warn"):
             raise ValueError(f"SeedEverything: `deterministic` must be True, False or 'warn', got {deterministic!r}.")
-        self.seed = seed
-        self.workers = bool(workers)
+        for name, value in (("workers", workers), ("log_hyperparams", log_hyperparams)):
+            if not isinstance(value, bool):
+                raise ValueError(f"SeedEverything: `{name}` must be True or False, got {value!r}.")
+        self.seed = check_seed(seed, "seed")
+        self.workers = workers
         self.deterministic = deterministic
-        self.log_hyperparams = bool(log_hyperparams)
+        self.log_hyperparams = log_hyperparams
         self._trainer: pl.Trainer | None = None
         self._previous_determinism: tuple[bool, bool] | None = None
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._trainer = trainer
-        # Lightning's function: sets PL_GLOBAL_SEED (the DistributedSampler's shuffle seed, shared by
-        # all ranks) and PL_SEED_WORKERS (per-rank, per-worker seeds); then each rank gets its stream.
-        seed_everything(self.seed, workers=self.workers, verbose=False)
-        local_seed = rank_seed(self.seed, trainer.global_rank)
-        if local_seed != self.seed:
-            seed_everything(local_seed, workers=self.workers, verbose=False)
-            os.environ["PL_GLOBAL_SEED"] = str(self.seed)
+        self._seed_rank(trainer.global_rank)
         if stage == "fit":
             per_rank = " (rank r > 0 draws from a stream derived from (seed, r))" if trainer.world_size > 1 else ""
             rank_zero_info(f"SeedEverything: seed {self.seed}{per_rank}.")
@@ -139,7 +128,15 @@ class SeedEverything(Callback):
             f"{world_size}; reseeding each rank from (seed, rank, number of saved ranks) instead, so the resumed "
             f"run is reproducible but not identical to an uninterrupted one."
         )
-        seed_everything(derive_seed(self.seed, rank, len(states)), verbose=False)
+        self._seed_rank(rank, derive_seed(self.seed, rank, len(states)))
+
+    def _seed_rank(self, rank: int, local_seed: int | None = None) -> None:
+        """Seed this process's stream; keep PL_GLOBAL_SEED (the DistributedSampler's shuffle seed) shared."""
+        local_seed = rank_seed(self.seed, rank) if local_seed is None else local_seed
+        # Lightning's function; `workers` sets PL_SEED_WORKERS, so loaders get per-rank, per-worker seeds.
+        seed_everything(local_seed, workers=self.workers, verbose=False)
+        # Every rank must shuffle with the same permutation for the DistributedSampler to shard the data.
+        os.environ["PL_GLOBAL_SEED"] = str(self.seed)
 
     def _rank_and_world_size(self) -> tuple[int, int]:
         if self._trainer is not None:

@@ -105,7 +105,14 @@ class ArrayDataModule(pl.LightningDataModule):
         if self.datasets:
             return
         x, y = self.load_arrays()
-        splits = self._split(np.asarray(x, dtype=np.float32), np.asarray(y))
+        try:
+            splits = self._split(np.asarray(x, dtype=np.float32), np.asarray(y))
+        except ValueError as err:  # sklearn's words name its own arguments, not ours
+            raise ValueError(
+                f"{type(self).__name__}: {len(x)} samples with val_fraction={self.val_fraction} and "
+                f"test_fraction={self.test_fraction} leave too few samples per class for a stratified split "
+                f"({err}); use more samples (`num_samples`) or larger fractions."
+            ) from err
         if self.normalize:
             train_x = splits["train"][0]
             # Per feature for tabular data, one scale per channel for signals and images.

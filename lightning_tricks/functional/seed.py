@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 import random
 from typing import Any
 
@@ -9,6 +10,21 @@ import numpy as np
 import torch
 
 MAX_SEED = 2**32 - 1
+
+
+def check_seed(seed: object, argument: str = "seed") -> int:
+    """``seed`` as an int if it is an integer in ``[0, 2**32 - 1]`` (NumPy integers too), else a ``ValueError``.
+
+    >>> check_seed(np.int64(7))
+    7
+    """
+    try:
+        value = operator.index(seed) if not isinstance(seed, bool) else None
+    except TypeError:
+        value = None
+    if value is None or not 0 <= value <= MAX_SEED:
+        raise ValueError(f"`{argument}` must be an integer in [0, {MAX_SEED}], got {seed!r}.")
+    return value
 
 
 def derive_seed(seed: int, *keys: int) -> int:

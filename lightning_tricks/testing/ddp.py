@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import tempfile
@@ -44,18 +45,21 @@ def run_ddp(fn: Callable[..., Any], *args: Any, devices: int = 2, timeout: float
         # The child must import `fn` the way this process did (test modules live on pytest's sys.path).
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
         env.pop("LOCAL_RANK", None)
+        # A session of its own: on timeout the whole job (rank 0 and the ranks Lightning started) is killed.
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "lightning_tricks.testing.ddp", tmp],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
         try:
-            proc = subprocess.run(
-                [sys.executable, "-m", "lightning_tricks.testing.ddp", tmp],
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-            )
-        except subprocess.TimeoutExpired as err:
-            raise DDPRunError(
-                f"DDP job did not finish in {timeout} s:\n{_tail(err.stdout)}\n{_tail(err.stderr)}"
-            ) from err
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            stdout, stderr = proc.communicate()
+            raise DDPRunError(f"DDP job did not finish in {timeout} s:\n{_tail(stdout)}\n{_tail(stderr)}") from None
         results = []
         for rank in range(devices):
             path = Path(tmp) / f"result_{rank}.pkl"
@@ -63,7 +67,7 @@ def run_ddp(fn: Callable[..., Any], *args: Any, devices: int = 2, timeout: float
                 hint = "" if proc.returncode else " (did `fn` build Trainer(devices=devices, strategy='ddp')?)"
                 raise DDPRunError(
                     f"DDP job failed (exit code {proc.returncode}, no result from rank {rank}{hint}):\n"
-                    f"{_tail(proc.stdout)}\n{_tail(proc.stderr)}"
+                    f"{_tail(stdout)}\n{_tail(stderr)}"
                 )
             with open(path, "rb") as f:
                 results.append(pickle.load(f))
