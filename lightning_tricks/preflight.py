@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,8 +158,12 @@ def run_preflight(
         "max_steps": 0,  # the checks run at fit start; no training step follows
     }
     settings["callbacks"] = [*settings.get("callbacks", []), runner]
-    trainer = pl.Trainer(**settings)
-    trainer.fit(model, datamodule=datamodule, train_dataloaders=train_dataloaders, val_dataloaders=val_dataloaders)
+    # Without a folder of the user's, files the Trainer or media layer would write go to a temporary
+    # one: the figures stay in the report (report.save writes them where the user wants).
+    with tempfile.TemporaryDirectory(prefix="lt-preflight-") as scratch:
+        settings.setdefault("default_root_dir", scratch)
+        trainer = pl.Trainer(**settings)
+        trainer.fit(model, datamodule=datamodule, train_dataloaders=train_dataloaders, val_dataloaders=val_dataloaders)
     return PreflightReport(runner.results)
 
 
