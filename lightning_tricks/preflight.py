@@ -31,6 +31,7 @@ from lightning_tricks.callbacks.input_independent_baseline import InputIndepende
 from lightning_tricks.callbacks.overfit_batch_check import OverfitBatchCheck
 from lightning_tricks.callbacks.recipe_check import CheckResult, RecipeCheck
 from lightning_tricks.callbacks.shuffle_check import ShuffleCheck
+from lightning_tricks.media import log_table
 from lightning_tricks.protocol import AdapterError
 
 
@@ -130,6 +131,9 @@ class _RunChecks(Callback):
                 self.results.append(check.finish(trainer, CheckResult(check.name, False, message)))
             finally:
                 check.on_failure = on_failure
+        # The report as one table (a sortable W&B table, TensorBoard text, or a CSV file).
+        rows = [[r.name, r.status, r.measured, r.expected, r.message] for r in self.results]
+        log_table(trainer, "tricks/preflight/report", ["check", "status", "measured", "expected", "finding"], rows)
 
 
 def run_preflight(

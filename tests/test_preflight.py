@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import lightning.pytorch as pl
 import pytest
 import torch
-from zoo import BUGS, CLEAN, TinyCausalLM, TokenDataModule
+from zoo import BUGS, CLEAN, TinyCausalLM, TinyTransformer, TokenDataModule
 
 from lightning_tricks import assert_preflight, run_preflight
 from lightning_tricks.callbacks import GradientDependencyProbe
@@ -35,6 +37,42 @@ def test_every_planted_bug_is_caught_by_its_check(name: str) -> None:
     report = run_preflight(model, dm)
     assert not report[check].passed, f"{name} not caught by {check}:\n{report}"
     assert not any("crashed" in r.message for r in report.results), report
+
+
+def test_token_models_are_probed_at_the_embedding() -> None:
+    class BatchMixingTransformer(TinyTransformer):
+        def forward(self, tokens):
+            h = self.embed(tokens) + self.pos
+            h = h + h.mean(0, keepdim=True)  # BUG: batch statistics leak between sequences
+            return self.head(self.encoder(h).mean(1))
+
+    for model, should_pass in ((TinyTransformer(), True), (BatchMixingTransformer(), False)):
+        pl.seed_everything(0, verbose=False)
+        result = run_preflight(model, TokenDataModule(), checks=[GradientDependencyProbe()])["gradient_dependency"]
+        assert result.passed is should_pass, result.message
+
+
+def test_report_renders_and_goes_to_wandb(tmp_path) -> None:
+    import json
+
+    from lightning.pytorch.loggers import WandbLogger
+
+    from lightning_tricks.testing import read_offline_run
+
+    pl.seed_everything(0, verbose=False)
+    model, dm = BUGS["last_layer_100x"][0]()
+    logger = WandbLogger(project="lt-tests", save_dir=str(tmp_path), offline=True)
+    report = run_preflight(model, dm, logger=logger)
+    run_dir = Path(logger.experiment.dir).parent
+    logger.experiment.finish()
+    assert "| init_loss | FAIL |" in report.to_markdown() and "1 of 5 checks failed" in report.to_markdown()
+    saved = report.save(tmp_path / "report")
+    assert json.loads((saved / "preflight.json").read_text())["checks"][0]["passed"] is False
+    assert (saved / "preflight_overfit_batch_curve.png").exists()
+    run = read_offline_run(run_dir)
+    assert run.summary["tricks/init_loss/passed"] == 0.0 and run.summary["tricks/overfit_batch/passed"] == 1.0
+    assert run.values("tricks/preflight/report/nrows") == [5]
+    assert run.values("tricks/overfit_batch/curve/_type") == ["images/separated"]
 
 
 def test_causal_probe_catches_attention_that_sees_the_future() -> None:
