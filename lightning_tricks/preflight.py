@@ -29,7 +29,7 @@ from lightning_tricks.callbacks.gradient_dependency_probe import GradientDepende
 from lightning_tricks.callbacks.init_loss_check import InitLossCheck
 from lightning_tricks.callbacks.input_independent_baseline import InputIndependentBaseline
 from lightning_tricks.callbacks.overfit_batch_check import OverfitBatchCheck
-from lightning_tricks.callbacks.recipe_check import CheckResult, RecipeCheck
+from lightning_tricks.callbacks.recipe_check import CheckResult, RecipeCheck, run_initialisers
 from lightning_tricks.callbacks.shuffle_check import ShuffleCheck
 from lightning_tricks.media import log_table
 from lightning_tricks.protocol import AdapterError
@@ -120,6 +120,7 @@ class _RunChecks(Callback):
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        run_initialisers(trainer, pl_module)
         for check in self.checks:
             on_failure, check.on_failure = check.on_failure, "ignore"
             try:

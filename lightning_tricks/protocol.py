@@ -284,6 +284,33 @@ class TrickModule:
         """``(inputs, targets)`` of a batch; inputs are what ``self(inputs)`` takes."""
         return default_split_batch(batch)
 
+    def init_output_bias(
+        self, dataloader: Any, max_batches: int | None = None, zero_weights: bool = False
+    ) -> torch.Tensor:
+        """Set the output layer's bias from the targets of ``dataloader`` (recipe 2.5); return it.
+
+        The one-process form of :class:`~lightning_tricks.callbacks.LastLayerBiasInit`, for use before a
+        Trainer exists (e.g. at the end of ``__init__`` or in a notebook).
+        """
+        from lightning_tricks.functional.bias_init import TargetStats, bias_from_stats
+
+        adapter = ModelAdapter()
+        task = adapter.task_of(self)
+        name, layer = adapter.output_layer_of(self)
+        if not isinstance(getattr(layer, "bias", None), torch.Tensor):
+            raise AdapterError(f"The output layer {name!r} has no bias (bias=False?): nothing to initialise.")
+        stats = TargetStats.empty(task, layer.bias.numel())
+        for i, batch in enumerate(dataloader):
+            if max_batches is not None and i >= max_batches:
+                break
+            stats.add(adapter.inputs_targets(self, batch)[1])
+        value = bias_from_stats(stats)
+        with torch.no_grad():
+            layer.bias.copy_(value.to(layer.bias.dtype).reshape(layer.bias.shape))
+            if zero_weights:
+                layer.weight.zero_()
+        return value
+
     def compute_loss(self, outputs: Any, targets: Any) -> torch.Tensor:
         """Mean loss of a batch; the default applies ``self.criterion``."""
         criterion = getattr(self, "criterion", None)

@@ -3,6 +3,7 @@
 from lightning_tricks.callbacks.gradient_dependency_probe import GradientDependencyProbe
 from lightning_tricks.callbacks.init_loss_check import InitLossCheck
 from lightning_tricks.callbacks.input_independent_baseline import InputIndependentBaseline
+from lightning_tricks.callbacks.last_layer_bias_init import LastLayerBiasInit
 from lightning_tricks.callbacks.overfit_batch_check import OverfitBatchCheck
 from lightning_tricks.callbacks.recipe_check import CheckResult, RecipeCheck, RecipeCheckError
 from lightning_tricks.callbacks.seed_everything import SeedEverything
@@ -14,6 +15,7 @@ __all__ = [
     "GradientDependencyProbe",
     "InitLossCheck",
     "InputIndependentBaseline",
+    "LastLayerBiasInit",
     "OverfitBatchCheck",
     "RecipeCheck",
     "RecipeCheckError",

@@ -104,6 +104,7 @@ class RecipeCheck(Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.ckpt_path is not None and not self.run_on_resume:
             return  # the checks are about the start of training; a resumed run has passed them
+        run_initialisers(trainer, pl_module)
         self.execute(trainer, pl_module)
 
     def execute(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> CheckResult:
@@ -128,6 +129,18 @@ class RecipeCheck(Callback):
         elif self.on_failure == "warn":
             rank_zero_warn(f"[{self.name}] FAIL: {result.message}")
         return result
+
+
+def run_initialisers(trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    """Let callbacks that change the model at fit start (``LastLayerBiasInit``) act before a check looks at it.
+
+    They expose an idempotent ``initialise(trainer, pl_module)``; calling it here makes the result
+    independent of the order of the Trainer's callbacks.
+    """
+    for callback in trainer.callbacks:
+        initialise = getattr(callback, "initialise", None)
+        if callable(initialise):
+            initialise(trainer, pl_module)
 
 
 def train_loader(trainer: pl.Trainer, pl_module: pl.LightningModule):
