@@ -161,7 +161,8 @@ class LastLayerBiasInit(Callback):
         log_scalars(trainer, {f"tricks/bias_init/prior_{k}": float(p) for k, p in enumerate(priors)})
         figure = new_figure(max(3.0, 0.4 * len(priors) + 1), 3.0)
         ax = figure.subplots()
-        ax.bar([str(k) for k in range(len(priors))], priors.tolist())
+        ax.bar(range(len(priors)), priors.tolist())  # numeric positions: no categorical-axis guessing
+        ax.set_xticks(range(len(priors)))
         ax.set_xlabel("class" if task == "multiclass" else "output")
         ax.set_ylabel("prior (training set)")
         ax.set_title("LastLayerBiasInit: class priors")
