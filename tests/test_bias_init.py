@@ -66,6 +66,12 @@ def test_regression_starts_at_the_mean_with_the_variance_as_loss(tmp_path: Path)
     assert float(nn.functional.mse_loss(prediction, y)) == pytest.approx(float(y.var(unbiased=False)), rel=1e-4)
 
 
+def test_regression_targets_far_from_unit_scale_get_standardisation_advice(tmp_path: Path) -> None:
+    dm = SyntheticRegressionDataModule(num_samples=500, target_mean=50.0, target_std=200.0)
+    with pytest.warns(UserWarning, match=r"targets \[0\] have standard deviation \[\d+.*consider standardising"):
+        fit_setup(MLP(input_shape=(16,), num_outputs=1, task="regression"), dm, LastLayerBiasInit(), tmp_path)
+
+
 def test_multiclass_skewed_priors_start_at_the_prior_entropy(tmp_path: Path) -> None:
     priors = [0.6, 0.25, 0.1, 0.05]
     dm = SyntheticClassificationDataModule(num_samples=4000, num_classes=4, priors=priors)

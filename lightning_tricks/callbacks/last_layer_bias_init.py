@@ -8,7 +8,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.seed import isolate_rng
 from torch.utils.data import DataLoader, IterableDataset
 from typing_extensions import override
@@ -153,9 +153,19 @@ class LastLayerBiasInit(Callback):
 
     def _log(self, trainer: pl.Trainer, task: str, stats: TargetStats) -> None:
         if task == "regression":
+            std = stats.variance.sqrt()
             values = {f"tricks/bias_init/mean_{k}": float(m) for k, m in enumerate(stats.mean)}
-            values.update({f"tricks/bias_init/std_{k}": float(s) for k, s in enumerate(stats.variance.sqrt())})
+            values.update({f"tricks/bias_init/std_{k}": float(v) for k, v in enumerate(std)})
             log_scalars(trainer, values)
+            far = [k for k, v in enumerate(std.tolist()) if not 0.1 <= v <= 10]
+            if far:
+                # The bias fixes the offset; a scale far from 1 still makes the initial weights and the
+                # learning rate mis-sized for these outputs.
+                rank_zero_warn(
+                    f"LastLayerBiasInit: regression targets {far} have standard deviation "
+                    f"{[round(float(std[k]), 4) for k in far]}, far from 1: consider standardising them "
+                    f"(and un-standardising predictions), or the first steps are spent on the scale."
+                )
             return
         priors = stats.mean if task != "multiclass" else stats.sums / stats.count
         log_scalars(trainer, {f"tricks/bias_init/prior_{k}": float(p) for k, p in enumerate(priors)})
