@@ -7,6 +7,7 @@ import math
 import lightning.pytorch as pl
 import torch
 
+from lightning_tricks.arguments import check_int
 from lightning_tricks.callbacks.recipe_check import CheckResult, RecipeCheck, as_float, shared_batches
 from lightning_tricks.functional.init_loss import bias_matches_targets, expected_init_loss, likely_cause
 from lightning_tricks.isolation import preserved
@@ -42,8 +43,7 @@ class InitLossCheck(RecipeCheck):
         task: str | None = None,
     ) -> None:
         super().__init__(on_failure, run_on_resume, split_batch, loss_fn, output_layer, task)
-        if isinstance(num_batches, bool) or not isinstance(num_batches, int) or num_batches < 1:
-            raise ValueError(f"InitLossCheck: `num_batches` must be an integer >= 1, got {num_batches!r}.")
+        check_int(num_batches, "num_batches", owner="InitLossCheck")
         if not isinstance(rtol, (int, float)) or not rtol > 0:
             raise ValueError(f"InitLossCheck: `rtol` must be a number > 0, got {rtol!r}.")
         self.num_batches, self.rtol, self.expected = num_batches, float(rtol), expected

@@ -7,6 +7,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
+from lightning_tricks.arguments import check_int
 from lightning_tricks.callbacks.recipe_check import CheckResult, RecipeCheck, shared_batches, val_loader
 from lightning_tricks.isolation import fresh_optimizer, preserved
 from lightning_tricks.plots import loss_curve
@@ -52,8 +53,7 @@ class InputIndependentBaseline(RecipeCheck):
     ) -> None:
         super().__init__(on_failure, run_on_resume, split_batch, loss_fn, output_layer, task)
         for arg, value in (("steps", steps), ("train_batches", train_batches), ("val_batches", val_batches)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"InputIndependentBaseline: `{arg}` must be an integer >= 1, got {value!r}.")
+            check_int(value, arg, owner="InputIndependentBaseline")
         if not isinstance(margin, (int, float)) or not 0 <= margin < 1:
             raise ValueError(f"InputIndependentBaseline: `margin` must be a number in [0, 1), got {margin!r}.")
         self.steps, self.train_batches, self.val_batches = steps, train_batches, val_batches

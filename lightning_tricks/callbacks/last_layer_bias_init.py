@@ -13,6 +13,7 @@ from lightning.pytorch.utilities.seed import isolate_rng
 from torch.utils.data import DataLoader, IterableDataset
 from typing_extensions import override
 
+from lightning_tricks.arguments import check_int
 from lightning_tricks.callbacks.recipe_check import train_loader
 from lightning_tricks.functional.bias_init import TargetStats, bias_from_stats
 from lightning_tricks.media import log_image, log_scalars
@@ -70,10 +71,7 @@ class LastLayerBiasInit(Callback):
         output_layer: str | None = None,
     ) -> None:
         check_task(task, allow_auto=True)
-        if max_batches is not None and (
-            isinstance(max_batches, bool) or not isinstance(max_batches, int) or max_batches < 1
-        ):
-            raise ValueError(f"LastLayerBiasInit: `max_batches` must be None or an integer >= 1, got {max_batches!r}.")
+        check_int(max_batches, "max_batches", owner="LastLayerBiasInit", allow_none=True)
         if not isinstance(zero_weights, bool):
             raise ValueError(f"LastLayerBiasInit: `zero_weights` must be True or False, got {zero_weights!r}.")
         self.task, self.max_batches, self.zero_weights = task, max_batches, zero_weights

@@ -9,6 +9,7 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
+from lightning_tricks.arguments import check_int
 from lightning_tricks.callbacks.recipe_check import CheckResult, RecipeCheck, shared_batches
 from lightning_tricks.isolation import fresh_optimizer, preserved
 from lightning_tricks.plots import loss_curve
@@ -80,12 +81,8 @@ class OverfitBatchCheck(RecipeCheck):
         task: str | None = None,
     ) -> None:
         super().__init__(on_failure, run_on_resume, split_batch, loss_fn, output_layer, task)
-        if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
-            raise ValueError(f"OverfitBatchCheck: `max_steps` must be an integer >= 1, got {max_steps!r}.")
-        if batch_size is not None and (
-            isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
-        ):
-            raise ValueError(f"OverfitBatchCheck: `batch_size` must be None or an integer >= 1, got {batch_size!r}.")
+        check_int(max_steps, "max_steps", owner="OverfitBatchCheck")
+        check_int(batch_size, "batch_size", owner="OverfitBatchCheck", allow_none=True)
         if not isinstance(rel_threshold, (int, float)) or not 0 < rel_threshold < 1:
             raise ValueError(f"OverfitBatchCheck: `rel_threshold` must be a number in (0, 1), got {rel_threshold!r}.")
         self.max_steps, self.batch_size, self.rel_threshold = max_steps, batch_size, float(rel_threshold)

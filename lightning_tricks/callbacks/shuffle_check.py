@@ -8,6 +8,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities.seed import isolate_rng
 
+from lightning_tricks.arguments import check_int
 from lightning_tricks.callbacks.recipe_check import CheckResult, RecipeCheck, train_loader
 
 
@@ -37,9 +38,7 @@ class ShuffleCheck(RecipeCheck):
         task: str | None = None,
     ) -> None:
         super().__init__(on_failure, run_on_resume, split_batch, loss_fn, output_layer, task)
-        if isinstance(num_batches, bool) or not isinstance(num_batches, int) or num_batches < 2:
-            raise ValueError(f"ShuffleCheck: `num_batches` must be an integer >= 2, got {num_batches!r}.")
-        self.num_batches = num_batches
+        self.num_batches = check_int(num_batches, "num_batches", minimum=2, owner="ShuffleCheck")
 
     def _pass(self, loader, pl_module, epoch: int) -> tuple[list[str], list[torch.Tensor]]:
         for sampler in (getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None)):

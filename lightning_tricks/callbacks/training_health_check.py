@@ -9,6 +9,7 @@ import lightning.pytorch as pl
 import torch
 from typing_extensions import override
 
+from lightning_tricks.arguments import check_int
 from lightning_tricks.callbacks.recipe_check import CheckResult, RecipeCheck
 
 
@@ -37,8 +38,7 @@ class TrainingHealthCheck(RecipeCheck):
         run_on_resume: bool = False,
     ) -> None:
         super().__init__(on_failure, run_on_resume)
-        if isinstance(window, bool) or not isinstance(window, int) or window < 5:
-            raise ValueError(f"TrainingHealthCheck: `window` must be an integer >= 5, got {window!r}.")
+        check_int(window, "window", minimum=5, owner="TrainingHealthCheck")
         if not isinstance(min_decrease, (int, float)) or not 0 <= min_decrease < 1:
             raise ValueError(f"TrainingHealthCheck: `min_decrease` must be a number in [0, 1), got {min_decrease!r}.")
         if not isinstance(blowup, (int, float)) or not blowup > 1:

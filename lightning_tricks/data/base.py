@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import lightning.pytorch as pl
 import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, TensorDataset
 
+from lightning_tricks.arguments import check_int
 from lightning_tricks.protocol import check_task
-
-
-def check_positive_int(value: Any, argument: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"`{argument}` must be an integer >= {minimum}, got {value!r}.")
-    return value
 
 
 class ArrayDataModule(pl.LightningDataModule):
@@ -47,8 +40,8 @@ class ArrayDataModule(pl.LightningDataModule):
         normalize: bool = True,
     ) -> None:
         super().__init__()
-        self.batch_size = check_positive_int(batch_size, "batch_size")
-        self.num_workers = check_positive_int(num_workers, "num_workers", minimum=0)
+        self.batch_size = check_int(batch_size, "batch_size")
+        self.num_workers = check_int(num_workers, "num_workers", minimum=0)
         for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
             if not isinstance(value, (int, float)) or not 0 <= value < 1:
                 raise ValueError(f"`{name}` must be a number in [0, 1), got {value!r}.")

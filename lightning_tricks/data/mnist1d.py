@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from lightning_tricks.data.base import ArrayDataModule, check_positive_int
+from lightning_tricks.arguments import check_int
+from lightning_tricks.data.base import ArrayDataModule
 
 
 class MNIST1DDataModule(ArrayDataModule):
@@ -20,7 +21,7 @@ class MNIST1DDataModule(ArrayDataModule):
 
     def __init__(self, num_samples: int = 5000, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.num_samples = check_positive_int(num_samples, "num_samples", minimum=20)
+        self.num_samples = check_int(num_samples, "num_samples", minimum=20)
 
     def load_arrays(self) -> tuple[np.ndarray, np.ndarray]:
         from mnist1d.data import get_dataset_args, make_dataset

@@ -6,7 +6,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from lightning_tricks.data.base import ArrayDataModule, check_positive_int
+from lightning_tricks.arguments import check_int
+from lightning_tricks.data.base import ArrayDataModule
 
 
 def exact_counts(priors: Sequence[float], n: int) -> np.ndarray:
@@ -46,9 +47,9 @@ class SyntheticClassificationDataModule(ArrayDataModule):
     ) -> None:
         super().__init__(**kwargs)
         self.task = self._check_task(task, ("multiclass", "binary"))
-        self.num_samples = check_positive_int(num_samples, "num_samples", minimum=10)
-        self.num_features = check_positive_int(num_features, "num_features")
-        self.num_classes = check_positive_int(num_classes, "num_classes", minimum=2)
+        self.num_samples = check_int(num_samples, "num_samples", minimum=10)
+        self.num_features = check_int(num_features, "num_features")
+        self.num_classes = check_int(num_classes, "num_classes", minimum=2)
         if task == "binary" and num_classes != 2:
             raise ValueError(f"`task='binary'` needs `num_classes=2`, got num_classes={num_classes}.")
         if priors is None:
@@ -92,9 +93,9 @@ class SyntheticRegressionDataModule(ArrayDataModule):
     ) -> None:
         super().__init__(**kwargs)
         self.task = "regression"
-        self.num_samples = check_positive_int(num_samples, "num_samples", minimum=10)
-        self.num_features = check_positive_int(num_features, "num_features")
-        self.n_outputs = check_positive_int(num_outputs, "num_outputs")
+        self.num_samples = check_int(num_samples, "num_samples", minimum=10)
+        self.num_features = check_int(num_features, "num_features")
+        self.n_outputs = check_int(num_outputs, "num_outputs")
         if target_std < 0 or noise < 0:
             raise ValueError(f"`target_std` and `noise` must be >= 0, got {target_std} and {noise}.")
         self.target_mean, self.target_std, self.noise = float(target_mean), float(target_std), float(noise)

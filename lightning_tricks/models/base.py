@@ -13,6 +13,7 @@ import torchmetrics
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
+from lightning_tricks.arguments import check_int
 from lightning_tricks.protocol import TrickModule, check_task
 
 # Lightning's aliases: jsonargparse (LightningCLI) can build these from a class path + init_args,
@@ -59,8 +60,7 @@ class ReferenceModule(TrickModule, pl.LightningModule):
     ) -> None:
         super().__init__()
         self.task = check_task(task)
-        if isinstance(num_outputs, bool) or not isinstance(num_outputs, int) or num_outputs < 1:
-            raise ValueError(f"`num_outputs` must be an integer >= 1, got {num_outputs!r}.")
+        check_int(num_outputs, "num_outputs")
         self.input_shape = tuple(int(s) for s in input_shape)
         self.num_outputs = num_outputs
         self.num_classes = num_outputs if self.task in ("multiclass", "multilabel") else None
