@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "SeedEverything": "lightning_tricks.callbacks",
+    "FullDatasetLoss": "lightning_tricks.callbacks",
     "InitLossCheck": "lightning_tricks.callbacks",
     "GradientDependencyProbe": "lightning_tricks.callbacks",
     "OverfitBatchCheck": "lightning_tricks.callbacks",
@@ -34,6 +35,7 @@ _EXPORTS = {
 
 __all__ = [
     "AdapterError",
+    "FullDatasetLoss",
     "GradientDependencyProbe",
     "InitLossCheck",
     "InputIndependentBaseline",
@@ -56,6 +58,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from lightning_tricks.callbacks import (
+        FullDatasetLoss,
         GradientDependencyProbe,
         InitLossCheck,
         InputIndependentBaseline,

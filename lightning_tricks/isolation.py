@@ -45,6 +45,22 @@ def preserved(module: nn.Module, seed: int | None = 0) -> Iterator[nn.Module]:
                 m.train(modes[name])
 
 
+@contextmanager
+def evaluating(module: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode and no grad inside; each submodule's own mode and the global RNG restored afterwards.
+
+    Lighter than :func:`preserved` (nothing is copied): for side evaluations that do not change weights.
+    """
+    modes = {name: m.training for name, m in module.named_modules()}
+    with isolate_rng(), torch.no_grad():
+        module.eval()
+        try:
+            yield module
+        finally:
+            for name, m in module.named_modules():
+                m.train(modes[name])
+
+
 def first_optimizer(configured: Any) -> torch.optim.Optimizer:
     """The (first) optimizer in whatever ``configure_optimizers`` returned."""
     if isinstance(configured, torch.optim.Optimizer):

@@ -1,5 +1,6 @@
 """The recipe's tricks as Lightning callbacks, one trick per module."""
 
+from lightning_tricks.callbacks.full_dataset_loss import FullDatasetLoss
 from lightning_tricks.callbacks.gradient_dependency_probe import GradientDependencyProbe
 from lightning_tricks.callbacks.init_loss_check import InitLossCheck
 from lightning_tricks.callbacks.input_independent_baseline import InputIndependentBaseline
@@ -12,6 +13,7 @@ from lightning_tricks.callbacks.training_health_check import TrainingHealthCheck
 
 __all__ = [
     "CheckResult",
+    "FullDatasetLoss",
     "GradientDependencyProbe",
     "InitLossCheck",
     "InputIndependentBaseline",

@@ -10,7 +10,6 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.seed import isolate_rng
-from torch.utils.data import DataLoader, IterableDataset
 from typing_extensions import override
 
 from lightning_tricks.arguments import check_int
@@ -19,28 +18,7 @@ from lightning_tricks.functional.bias_init import TargetStats, bias_from_stats
 from lightning_tricks.media import log_image, log_scalars
 from lightning_tricks.plots import new_figure
 from lightning_tricks.protocol import AdapterError, ModelAdapter, check_task
-
-
-def shard(loader: DataLoader, rank: int, world_size: int) -> tuple[DataLoader, bool]:
-    """This rank's share of a loader's samples, and whether shards partition the data (else all ranks see all).
-
-    Samples ``rank, rank + W, ...`` in order, without the padding a DistributedSampler adds, so the
-    shards' sums add up to the whole data set's exactly.
-    """
-    dataset = getattr(loader, "dataset", None)
-    if world_size == 1 or dataset is None or isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__"):
-        return loader, False
-    indices = list(range(rank, len(dataset), world_size))
-    return (
-        DataLoader(
-            dataset,
-            batch_size=loader.batch_size or 256,
-            sampler=indices,
-            collate_fn=loader.collate_fn,
-            num_workers=loader.num_workers,
-        ),
-        True,
-    )
+from lightning_tricks.sharding import shard
 
 
 class LastLayerBiasInit(Callback):

@@ -1,0 +1,137 @@
+"""Recipe 2.3: the loss over the *whole* evaluation set, exact — also under DDP.
+
+Lightning's epoch-level mean is not the data set's mean under DDP: its DistributedSampler pads the
+set with repeated samples so every rank has as many (5 samples on 2 ranks: 6 are averaged), and
+without padding its integer sample counter floors (Lightning issue #21859). Here each rank
+evaluates an exact, unpadded share of the set (samples ``rank, rank + W, ...``), sums
+``batch mean loss x batch size`` and the counts in float64, and one all-reduce sum gives
+``sum(loss_i) / N`` on every rank. There is no collective inside the loop, so ranks with different
+numbers of batches cannot hang.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_warn
+from typing_extensions import override
+
+from lightning_tricks.arguments import check_int
+from lightning_tricks.isolation import evaluating
+from lightning_tricks.protocol import ModelAdapter
+from lightning_tricks.sharding import shard
+
+SPLITS = ("train", "val", "test")
+
+
+def correct_predictions(task: str, outputs: torch.Tensor, targets: torch.Tensor) -> int | None:
+    """Number of right predictions in a batch (None for regression)."""
+    if task == "multiclass":
+        return int((outputs.argmax(-1) == targets).sum())
+    if task == "binary":
+        return int(((outputs.reshape(targets.shape) > 0) == (targets > 0.5)).sum())
+    if task == "multilabel":
+        return int(((outputs > 0) == (targets > 0.5)).all(-1).sum())
+    return None
+
+
+class FullDatasetLoss(Callback):
+    """Log the exact mean loss (and accuracy) over whole data sets every ``every_n_epochs`` epochs.
+
+    Logged through ``LightningModule.log`` as ``tricks/full_loss/<split>`` (and
+    ``tricks/full_loss/<split>_acc``), so loggers plot it and ``ModelCheckpoint``/``EarlyStopping``
+    can monitor it. ``history`` keeps every evaluation and travels in checkpoints.
+
+    The per-batch loss must be the mean over the batch's samples (the usual reduction): the sum of
+    ``mean x size`` over batches is then the sum of the per-sample losses.
+
+    Args:
+        splits: which of ``"train"``, ``"val"``, ``"test"`` to evaluate (with the model in eval mode).
+        every_n_epochs: evaluation interval, counted in training epochs.
+        split_batch, loss_fn, task: overrides of the model protocol.
+    """
+
+    def __init__(
+        self,
+        splits: list[str] | tuple[str, ...] = ("val",),
+        every_n_epochs: int = 1,
+        split_batch: Any = None,
+        loss_fn: Any = None,
+        task: str | None = None,
+    ) -> None:
+        splits = [splits] if isinstance(splits, str) else list(splits)
+        if not splits or any(s not in SPLITS for s in splits):
+            raise ValueError(f"FullDatasetLoss: `splits` must be a non-empty subset of {SPLITS}, got {splits!r}.")
+        self.splits = splits
+        self.every_n_epochs = check_int(every_n_epochs, "every_n_epochs", owner="FullDatasetLoss")
+        self.adapter = ModelAdapter(split_batch=split_batch, loss_fn=loss_fn, task=task)
+        self.history: list[dict[str, float]] = []
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit" and "val" in self.splits and trainer.limit_val_batches not in (1.0, None):
+            rank_zero_warn(
+                f"FullDatasetLoss: limit_val_batches={trainer.limit_val_batches} makes Lightning's own val "
+                f"metrics partial; tricks/full_loss/val still covers the whole validation set."
+            )
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if (trainer.current_epoch + 1) % self.every_n_epochs:
+            return
+        entry: dict[str, float] = {"epoch": trainer.current_epoch, "step": trainer.global_step}
+        for split in self.splits:
+            result = self.evaluate(trainer, pl_module, split)
+            if result is None:
+                continue
+            loss, accuracy, count = result
+            entry[split] = loss
+            entry[f"{split}_count"] = count
+            pl_module.log(f"tricks/full_loss/{split}", loss, on_step=False, on_epoch=True)
+            if accuracy is not None:
+                entry[f"{split}_acc"] = accuracy
+                pl_module.log(f"tricks/full_loss/{split}_acc", accuracy, on_step=False, on_epoch=True)
+        self.history.append(entry)
+
+    def evaluate(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, split: str
+    ) -> tuple[float, float | None, int] | None:
+        """``(mean loss, accuracy or None, number of samples)`` over the whole ``split``, identical on all ranks."""
+        source = trainer.datamodule if trainer.datamodule is not None else pl_module
+        loader = getattr(source, f"{split}_dataloader")()
+        if isinstance(loader, (list, tuple)):
+            loader = loader[0] if loader else None
+        if loader is None:
+            return None
+        if getattr(loader, "drop_last", False) and not hasattr(getattr(loader, "dataset", None), "__len__"):
+            rank_zero_warn(f"FullDatasetLoss: the {split} loader drops its last batch; the loss misses those samples.")
+        loader, partitioned = shard(loader, trainer.global_rank, trainer.world_size)
+        task = self.adapter.task_of(pl_module)
+        totals = torch.zeros(3, dtype=torch.float64)  # loss sum, sample count, correct predictions
+        with evaluating(pl_module):
+            for batch in loader:
+                inputs, targets = self.adapter.inputs_targets(pl_module, trainer.strategy.batch_to_device(batch))
+                outputs = pl_module(inputs)
+                n = len(targets)
+                totals[0] += float(self.adapter.loss(pl_module, outputs, targets)) * n
+                totals[1] += n
+                correct = correct_predictions(task, outputs, targets)
+                totals[2] += correct or 0
+        if partitioned:
+            totals = trainer.strategy.reduce(totals.to(pl_module.device), reduce_op="sum").cpu().double()
+        count = int(totals[1])
+        if count == 0:
+            return None
+        accuracy = float(totals[2] / totals[1]) if task != "regression" else None
+        return float(totals[0] / totals[1]), accuracy, count
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": list(self.history)}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = list(state_dict.get("history", []))

@@ -1,0 +1,32 @@
+"""Split a loader's samples exactly across ranks: each sample once, no padding, no duplicates.
+
+Lightning's DistributedSampler pads the data set so every rank gets the same number of samples;
+padded samples are counted twice in any sum. For statistics that must be exact (target priors,
+the full-set loss) each rank instead takes samples ``rank, rank + W, rank + 2W, ...`` in order.
+"""
+
+from __future__ import annotations
+
+from torch.utils.data import DataLoader, IterableDataset
+
+
+def shard(loader: DataLoader, rank: int, world_size: int) -> tuple[DataLoader, bool]:
+    """This rank's share of a loader's samples, and whether shards partition the data (else all ranks see all).
+
+    Only map-style data sets with a length can be partitioned; an iterable one is returned as is, so
+    every rank reads all of it (callers then must not sum across ranks).
+    """
+    dataset = getattr(loader, "dataset", None)
+    if world_size == 1 or dataset is None or isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__"):
+        return loader, False
+    indices = list(range(rank, len(dataset), world_size))
+    return (
+        DataLoader(
+            dataset,
+            batch_size=loader.batch_size or 256,
+            sampler=indices,
+            collate_fn=loader.collate_fn,
+            num_workers=loader.num_workers,
+        ),
+        True,
+    )
