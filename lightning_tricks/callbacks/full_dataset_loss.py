@@ -72,7 +72,8 @@ class FullDatasetLoss(Callback):
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage == "fit" and "val" in self.splits and trainer.limit_val_batches not in (1.0, None):
+        # 0 switches Lightning's validation off (this callback then replaces it): nothing is partial.
+        if stage == "fit" and "val" in self.splits and trainer.limit_val_batches not in (1.0, 0, None):
             rank_zero_warn(
                 f"FullDatasetLoss: limit_val_batches={trainer.limit_val_batches} makes Lightning's own val "
                 f"metrics partial; tricks/full_loss/val still covers the whole validation set."
