@@ -21,6 +21,7 @@ _EXPORTS = {
     "LastLayerBiasInit": "lightning_tricks.callbacks",
     "ShuffleCheck": "lightning_tricks.callbacks",
     "TrainingHealthCheck": "lightning_tricks.callbacks",
+    "VisualizeBatch": "lightning_tricks.callbacks",
     "RecipeCheckError": "lightning_tricks.callbacks",
     "run_preflight": "lightning_tricks.preflight",
     "assert_preflight": "lightning_tricks.preflight",
@@ -48,6 +49,7 @@ __all__ = [
     "ShuffleCheck",
     "TrainingHealthCheck",
     "TrickModule",
+    "VisualizeBatch",
     "__version__",
     "assert_preflight",
     "log_image",
@@ -68,6 +70,7 @@ if TYPE_CHECKING:
         SeedEverything,
         ShuffleCheck,
         TrainingHealthCheck,
+        VisualizeBatch,
     )
     from lightning_tricks.media import log_image, log_scalars, log_table
     from lightning_tricks.preflight import PreflightReport, assert_preflight, run_preflight

@@ -10,6 +10,7 @@ from lightning_tricks.callbacks.recipe_check import CheckResult, RecipeCheck, Re
 from lightning_tricks.callbacks.seed_everything import SeedEverything
 from lightning_tricks.callbacks.shuffle_check import ShuffleCheck
 from lightning_tricks.callbacks.training_health_check import TrainingHealthCheck
+from lightning_tricks.callbacks.visualize_batch import VisualizeBatch
 
 __all__ = [
     "CheckResult",
@@ -24,4 +25,5 @@ __all__ = [
     "SeedEverything",
     "ShuffleCheck",
     "TrainingHealthCheck",
+    "VisualizeBatch",
 ]
