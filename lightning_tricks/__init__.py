@@ -14,6 +14,8 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "SeedEverything": "lightning_tricks.callbacks",
     "FullDatasetLoss": "lightning_tricks.callbacks",
+    "FirstLayerFilters": "lightning_tricks.callbacks",
+    "HumanBaseline": "lightning_tricks.callbacks",
     "InitLossCheck": "lightning_tricks.callbacks",
     "GradientDependencyProbe": "lightning_tricks.callbacks",
     "OverfitBatchCheck": "lightning_tricks.callbacks",
@@ -36,8 +38,10 @@ _EXPORTS = {
 
 __all__ = [
     "AdapterError",
+    "FirstLayerFilters",
     "FullDatasetLoss",
     "GradientDependencyProbe",
+    "HumanBaseline",
     "InitLossCheck",
     "InputIndependentBaseline",
     "LastLayerBiasInit",
@@ -60,8 +64,10 @@ __all__ = [
 
 if TYPE_CHECKING:
     from lightning_tricks.callbacks import (
+        FirstLayerFilters,
         FullDatasetLoss,
         GradientDependencyProbe,
+        HumanBaseline,
         InitLossCheck,
         InputIndependentBaseline,
         LastLayerBiasInit,

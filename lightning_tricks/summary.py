@@ -20,6 +20,8 @@ class RunSummary:
     evaluated: str | None = None
     #: (what, path, how to open it) per logger
     logs: list[tuple[str, str, str]] = field(default_factory=list)
+    #: "model vs human" lines of HumanBaseline callbacks
+    humans: list[str] = field(default_factory=list)
 
     @staticmethod
     def checkpoints_of(trainer: pl.Trainer) -> tuple[str | None, str | None]:
@@ -49,7 +51,9 @@ class RunSummary:
             elif isinstance(logger, CSVLogger):
                 path = Path(logger.log_dir) / "metrics.csv"
                 logs.append(("CSV metrics", str(path), "pandas.read_csv(path)"))
+        humans = [cb.summary() for cb in trainer.callbacks if hasattr(cb, "summary") and hasattr(cb, "model_value")]
         return cls(
+            humans=humans,
             metrics={k: float(v) for k, v in metrics.items()},
             output_dir=Path(trainer.default_root_dir),
             best_checkpoint=best,
@@ -79,6 +83,8 @@ class RunSummary:
                 table.add_row(split, *row)
         console = Console(soft_wrap=True)  # long paths stay copyable on one line
         console.print(table)
+        for line in self.humans:
+            console.print(f"human        {line}")
         console.print(f"outputs      {self.output_dir}")
         if self.best_checkpoint:
             console.print(f"best ckpt    {self.best_checkpoint}")

@@ -1,7 +1,9 @@
 """The recipe's tricks as Lightning callbacks, one trick per module."""
 
+from lightning_tricks.callbacks.first_layer_filters import FirstLayerFilters
 from lightning_tricks.callbacks.full_dataset_loss import FullDatasetLoss
 from lightning_tricks.callbacks.gradient_dependency_probe import GradientDependencyProbe
+from lightning_tricks.callbacks.human_baseline import HumanBaseline
 from lightning_tricks.callbacks.init_loss_check import InitLossCheck
 from lightning_tricks.callbacks.input_independent_baseline import InputIndependentBaseline
 from lightning_tricks.callbacks.last_layer_bias_init import LastLayerBiasInit
@@ -14,8 +16,10 @@ from lightning_tricks.callbacks.visualize_batch import VisualizeBatch
 
 __all__ = [
     "CheckResult",
+    "FirstLayerFilters",
     "FullDatasetLoss",
     "GradientDependencyProbe",
+    "HumanBaseline",
     "InitLossCheck",
     "InputIndependentBaseline",
     "LastLayerBiasInit",
