@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "SeedEverything": "lightning_tricks.callbacks",
     "FullDatasetLoss": "lightning_tricks.callbacks",
+    "PredictionDynamics": "lightning_tricks.callbacks",
     "FirstLayerFilters": "lightning_tricks.callbacks",
     "HumanBaseline": "lightning_tricks.callbacks",
     "InitLossCheck": "lightning_tricks.callbacks",
@@ -47,6 +48,7 @@ __all__ = [
     "LastLayerBiasInit",
     "ModelAdapter",
     "OverfitBatchCheck",
+    "PredictionDynamics",
     "PreflightReport",
     "RecipeCheckError",
     "SeedEverything",
@@ -72,6 +74,7 @@ if TYPE_CHECKING:
         InputIndependentBaseline,
         LastLayerBiasInit,
         OverfitBatchCheck,
+        PredictionDynamics,
         RecipeCheckError,
         SeedEverything,
         ShuffleCheck,

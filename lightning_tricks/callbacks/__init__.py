@@ -8,6 +8,7 @@ from lightning_tricks.callbacks.init_loss_check import InitLossCheck
 from lightning_tricks.callbacks.input_independent_baseline import InputIndependentBaseline
 from lightning_tricks.callbacks.last_layer_bias_init import LastLayerBiasInit
 from lightning_tricks.callbacks.overfit_batch_check import OverfitBatchCheck
+from lightning_tricks.callbacks.prediction_dynamics import PredictionDynamics
 from lightning_tricks.callbacks.recipe_check import CheckResult, RecipeCheck, RecipeCheckError
 from lightning_tricks.callbacks.seed_everything import SeedEverything
 from lightning_tricks.callbacks.shuffle_check import ShuffleCheck
@@ -24,6 +25,7 @@ __all__ = [
     "InputIndependentBaseline",
     "LastLayerBiasInit",
     "OverfitBatchCheck",
+    "PredictionDynamics",
     "RecipeCheck",
     "RecipeCheckError",
     "SeedEverything",

@@ -1,0 +1,139 @@
+"""Recipe 2.11: visualise prediction dynamics — the model's predictions on a fixed set of samples, over training."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch.utils.data import default_collate
+from typing_extensions import override
+
+from lightning_tricks.arguments import check_int
+from lightning_tricks.isolation import evaluating
+from lightning_tricks.media import log_image, log_table
+from lightning_tricks.plots import new_figure
+from lightning_tricks.protocol import ModelAdapter
+
+COLUMNS = ["epoch", "step", "split", "index", "label", "prediction", "p_true", "loss"]
+
+
+class PredictionDynamics(Callback):
+    """Every ``every_n_epochs`` epochs, record predictions on a fixed, seeded set of samples.
+
+    ``num_samples`` validation samples (and ``num_train_samples`` training samples) are drawn once
+    from ``seed`` — the same on every rank and, through the checkpoint, after a resume. For each
+    sample and evaluation: label, predicted label (or value, for regression), probability of the
+    true class, and loss. Logged as one growing table (a W&B table, or a CSV), with a picture of
+    every sample's probability of its true class (or prediction) against the epoch. ``history``
+    holds all rows and ``indices`` the chosen samples; both travel in checkpoints.
+    """
+
+    def __init__(
+        self,
+        num_samples: int = 16,
+        num_train_samples: int = 0,
+        every_n_epochs: int = 1,
+        seed: int = 0,
+        split_batch: Any = None,
+        loss_fn: Any = None,
+        task: str | None = None,
+    ) -> None:
+        self.num_samples = check_int(num_samples, "num_samples", minimum=0, owner="PredictionDynamics")
+        self.num_train_samples = check_int(
+            num_train_samples, "num_train_samples", minimum=0, owner="PredictionDynamics"
+        )
+        if num_samples + num_train_samples == 0:
+            raise ValueError("PredictionDynamics: `num_samples` + `num_train_samples` must be at least 1.")
+        self.every_n_epochs = check_int(every_n_epochs, "every_n_epochs", owner="PredictionDynamics")
+        self.seed = seed
+        self.adapter = ModelAdapter(split_batch=split_batch, loss_fn=loss_fn, task=task)
+        self.indices: dict[str, list[int]] = {}
+        self.history: list[dict[str, Any]] = []
+
+    def _dataset(self, trainer: pl.Trainer, pl_module: pl.LightningModule, split: str):
+        source = trainer.datamodule if trainer.datamodule is not None else pl_module
+        loader = getattr(source, f"{split}_dataloader")()
+        return loader.dataset
+
+    def _choose(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Drawn from the seed and the data set's size only: identical on every rank, no collective needed.
+        generator = torch.Generator().manual_seed(self.seed)
+        for split, n in (("val", self.num_samples), ("train", self.num_train_samples)):
+            if n:
+                size = len(self._dataset(trainer, pl_module, split))
+                self.indices[split] = sorted(torch.randperm(size, generator=generator)[:n].tolist())
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if (trainer.current_epoch + 1) % self.every_n_epochs:
+            return
+        if not self.indices:
+            self._choose(trainer, pl_module)
+        task = self.adapter.task_of(pl_module)
+        for split, indices in self.indices.items():
+            dataset = self._dataset(trainer, pl_module, split)
+            batch = trainer.strategy.batch_to_device(default_collate([dataset[i] for i in indices]))
+            inputs, targets = self.adapter.inputs_targets(pl_module, batch)
+            with evaluating(pl_module):
+                outputs = pl_module(inputs)
+                for k, index in enumerate(indices):
+                    self.history.append(
+                        self._row(trainer, task, split, index, outputs[k : k + 1], targets[k : k + 1], pl_module)
+                    )
+        self._log(trainer, task)
+
+    def _row(self, trainer, task, split, index, output, target, pl_module) -> dict[str, Any]:
+        loss = float(self.adapter.loss(pl_module, output, target))
+        if task == "multiclass":
+            probabilities = torch.softmax(output.float(), -1)[0]
+            label = int(target[0])
+            prediction, p_true = int(probabilities.argmax()), float(probabilities[label])
+        elif task == "binary":
+            p = float(torch.sigmoid(output.float().reshape(-1)[0]))
+            label = int(target.reshape(-1)[0] > 0.5)
+            prediction, p_true = int(p > 0.5), p if label else 1 - p
+        else:  # regression, multilabel: values
+            label = [round(float(v), 5) for v in target.reshape(-1)]
+            prediction, p_true = [round(float(v), 5) for v in output.reshape(-1)], None
+            label, prediction = (label[0], prediction[0]) if len(label) == 1 else (str(label), str(prediction))
+        return {"epoch": trainer.current_epoch, "step": trainer.global_step, "split": split, "index": index,
+                "label": label, "prediction": prediction, "p_true": p_true, "loss": loss}  # fmt: skip
+
+    def _log(self, trainer: pl.Trainer, task: str) -> None:
+        log_table(trainer, "tricks/prediction_dynamics/table", COLUMNS, [[r[c] for c in COLUMNS] for r in self.history])
+        log_image(trainer, "tricks/prediction_dynamics/curves", self._figure(task))
+
+    def _figure(self, task: str):
+        figure = new_figure(6.0, 3.8)
+        ax = figure.subplots()
+        value = "p_true" if task in ("multiclass", "binary") else "prediction"
+        for (split, index), rows in self._by_sample().items():
+            values = [r[value] for r in rows]
+            if all(isinstance(v, (int, float)) for v in values):
+                style = "-" if split == "val" else "--"
+                ax.plot([r["epoch"] for r in rows], values, style, marker="o", markersize=3, label=f"{split} #{index}")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("probability of the true class" if value == "p_true" else "prediction")
+        if value == "p_true":
+            ax.set_ylim(-0.02, 1.02)
+        ax.set_title("prediction dynamics on fixed samples")
+        if len(self._by_sample()) <= 16:
+            ax.legend(fontsize=6, ncol=2, loc="best")
+        return figure
+
+    def _by_sample(self) -> dict[tuple[str, int], list[dict[str, Any]]]:
+        groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+        for row in self.history:
+            groups.setdefault((row["split"], row["index"]), []).append(row)
+        return groups
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"indices": dict(self.indices), "history": list(self.history)}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.indices = dict(state_dict.get("indices", {}))
+        self.history = list(state_dict.get("history", []))
