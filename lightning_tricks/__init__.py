@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "SeedEverything": "lightning_tricks.callbacks",
     "FullDatasetLoss": "lightning_tricks.callbacks",
+    "ActivationStats": "lightning_tricks.callbacks",
     "PredictionDynamics": "lightning_tricks.callbacks",
     "FirstLayerFilters": "lightning_tricks.callbacks",
     "HumanBaseline": "lightning_tricks.callbacks",
@@ -38,6 +39,7 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "ActivationStats",
     "AdapterError",
     "FirstLayerFilters",
     "FullDatasetLoss",
@@ -66,6 +68,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from lightning_tricks.callbacks import (
+        ActivationStats,
         FirstLayerFilters,
         FullDatasetLoss,
         GradientDependencyProbe,

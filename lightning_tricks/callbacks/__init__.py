@@ -1,5 +1,6 @@
 """The recipe's tricks as Lightning callbacks, one trick per module."""
 
+from lightning_tricks.callbacks.activation_stats import ActivationStats
 from lightning_tricks.callbacks.first_layer_filters import FirstLayerFilters
 from lightning_tricks.callbacks.full_dataset_loss import FullDatasetLoss
 from lightning_tricks.callbacks.gradient_dependency_probe import GradientDependencyProbe
@@ -16,6 +17,7 @@ from lightning_tricks.callbacks.training_health_check import TrainingHealthCheck
 from lightning_tricks.callbacks.visualize_batch import VisualizeBatch
 
 __all__ = [
+    "ActivationStats",
     "CheckResult",
     "FirstLayerFilters",
     "FullDatasetLoss",
