@@ -25,8 +25,9 @@ class PredictionDynamics(Callback):
     ``num_samples`` validation samples (and ``num_train_samples`` training samples) are drawn once
     from ``seed`` — the same on every rank and, through the checkpoint, after a resume. For each
     sample and evaluation: label, predicted label (or value, for regression), probability of the
-    true class, and loss. Logged as one growing table (a W&B table, or a CSV), with a picture of
-    every sample's probability of its true class (or prediction) against the epoch. ``history``
+    true class, and loss. Logged as one growing table (a W&B table, or a CSV) at every evaluation,
+    with a picture of every sample's probability of its true class (or prediction) against the epoch
+    every ``plot_every_n_epochs`` evaluations and at the end of training. ``history``
     holds all rows and ``indices`` the chosen samples; both travel in checkpoints.
     """
 
@@ -35,6 +36,7 @@ class PredictionDynamics(Callback):
         num_samples: int = 16,
         num_train_samples: int = 0,
         every_n_epochs: int = 1,
+        plot_every_n_epochs: int = 10,
         seed: int = 0,
         split_batch: Any = None,
         loss_fn: Any = None,
@@ -47,6 +49,8 @@ class PredictionDynamics(Callback):
         if num_samples + num_train_samples == 0:
             raise ValueError("PredictionDynamics: `num_samples` + `num_train_samples` must be at least 1.")
         self.every_n_epochs = check_int(every_n_epochs, "every_n_epochs", owner="PredictionDynamics")
+        self.plot_every_n_epochs = check_int(plot_every_n_epochs, "plot_every_n_epochs", owner="PredictionDynamics")
+        self._plotted_at = 0
         self.seed = seed
         self.adapter = ModelAdapter(split_batch=split_batch, loss_fn=loss_fn, task=task)
         self.indices: dict[str, list[int]] = {}
@@ -103,7 +107,19 @@ class PredictionDynamics(Callback):
 
     def _log(self, trainer: pl.Trainer, task: str) -> None:
         log_table(trainer, "tricks/prediction_dynamics/table", COLUMNS, [[r[c] for c in COLUMNS] for r in self.history])
+        # The picture costs ~0.1 s to draw: every `plot_every_n_epochs` epochs and at the end of training.
+        epochs = len({r["epoch"] for r in self.history})
+        if epochs % self.plot_every_n_epochs == 0 or trainer.current_epoch + 1 >= (trainer.max_epochs or 0) > 0:
+            self._plot(trainer, task)
+
+    def _plot(self, trainer: pl.Trainer, task: str) -> None:
         log_image(trainer, "tricks/prediction_dynamics/curves", self._figure(task))
+        self._plotted_at = len(self.history)
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.history and self._plotted_at != len(self.history):  # stopped early, or between plots
+            self._plot(trainer, self.adapter.task_of(pl_module))
 
     def _figure(self, task: str):
         figure = new_figure(6.0, 3.8)
