@@ -113,11 +113,16 @@ def log_table(
     if any(len(r) != len(columns) for r in rows):
         raise ValueError(f"log_table({key!r}): every row must have {len(columns)} values (columns {list(columns)}).")
     wandb_loggers, tb_loggers = _rich_loggers(trainer)
-    for logger in wandb_loggers:
-        logger.log_table(key=key, columns=list(columns), data=rows, step=_step(trainer, step))
+    if wandb_loggers:
+        import wandb
+
+        images: dict[int, Any] = {}  # one wandb.Image per distinct array, however many rows share it
+        data = [[images.setdefault(id(v), wandb.Image(v)) if _is_image(v) else v for v in r] for r in rows]
+        for logger in wandb_loggers:
+            logger.log_table(key=key, columns=list(columns), data=data, step=_step(trainer, step))
     for logger in tb_loggers:
         lines = ["| " + " | ".join(map(str, columns)) + " |", "|" + "---|" * len(columns)]
-        lines += ["| " + " | ".join(map(str, r)) + " |" for r in rows]
+        lines += ["| " + " | ".join("[image]" if _is_image(v) else str(v) for v in r) + " |" for r in rows]
         logger.experiment.add_text(key, "\n".join(lines), global_step=_step(trainer, step))
     if wandb_loggers or tb_loggers:
         return None
@@ -125,5 +130,24 @@ def log_table(
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(columns)
-        writer.writerows(rows)
+        writer.writerows([[_image_file(path, v) if _is_image(v) else v for v in r] for r in rows])
     return path
+
+
+def _is_image(value: Any) -> bool:
+    """Table cells holding a picture: uint8 arrays of shape (H, W, C)."""
+    return isinstance(value, np.ndarray) and value.dtype == np.uint8 and value.ndim == 3
+
+
+def _image_file(table: Path, image: np.ndarray) -> str:
+    """Save a table cell's picture once (named by its content) beside the CSV; the cell holds its path."""
+    import hashlib
+
+    import matplotlib.image
+
+    folder = table.parent / "table_images"
+    folder.mkdir(exist_ok=True)
+    path = folder / f"{hashlib.sha1(image.tobytes()).hexdigest()[:16]}.png"
+    if not path.exists():
+        matplotlib.image.imsave(path, image[..., 0] if image.shape[-1] == 1 else image, cmap="gray")
+    return str(path.relative_to(table.parent))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -47,7 +48,10 @@ def test_rows_hold_the_true_class_probability_and_loss(tmp_path: Path) -> None:
         assert row["prediction"] == int(logits[k].argmax())
     media = tmp_path / "csv" / "media"
     with (media / "tricks_prediction_dynamics_table_step6.csv").open() as f:
-        assert len(list(csv.reader(f))) == 1 + 16  # the whole history, growing
+        table = list(csv.DictReader(f))
+    assert len(table) == 16  # the whole history, growing
+    thumbnails = {row["input"] for row in table}
+    assert len(thumbnails) == 8 and all((media / t).exists() for t in thumbnails)  # one picture per sample
     assert (media / "tricks_prediction_dynamics_curves_step6.png").exists()
 
 
@@ -70,6 +74,8 @@ def test_regression_logs_predictions(tmp_path: Path) -> None:
     trainer(tmp_path, [callback], epochs=1).fit(MLP(input_shape=(16,), num_outputs=1, task="regression"), datamodule=dm)
     row = callback.history[0]
     assert row["p_true"] is None and isinstance(row["prediction"], float) and isinstance(row["label"], float)
+    x = dm.datasets["val"].tensors[0][row["index"]]
+    assert callback._inputs["val", row["index"]].startswith(f"{float(x[0]):.3g} ")  # values, not a picture
 
 
 def test_wandb_gets_one_table_per_evaluation(tmp_path: Path) -> None:
@@ -81,6 +87,14 @@ def test_wandb_gets_one_table_per_evaluation(tmp_path: Path) -> None:
     logger.experiment.finish()
     run = read_offline_run(files.parent)
     assert run.values("tricks/prediction_dynamics/table/nrows") == [4, 8]
+    last = max(
+        (files / "media" / "table").glob("tricks/prediction_dynamics/table_*.table.json"),
+        key=lambda p: p.stat().st_mtime,
+    )
+    table = json.loads(last.read_text())
+    assert len(table["data"]) == 8
+    column = table["columns"].index("input")
+    assert all(row[column] == "Image" for row in table["data"])  # W&B wrote an image cell per row
     assert run.values("tricks/prediction_dynamics/curves/_type") == ["images/separated"]  # drawn at the end
 
 

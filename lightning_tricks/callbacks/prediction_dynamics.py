@@ -11,12 +11,14 @@ from torch.utils.data import default_collate
 from typing_extensions import override
 
 from lightning_tricks.arguments import check_int
+from lightning_tricks.callbacks.visualize_batch import looks_like_images
+from lightning_tricks.functional.images import to_uint8_image
 from lightning_tricks.isolation import evaluating
 from lightning_tricks.media import log_image, log_table
 from lightning_tricks.plots import new_figure
 from lightning_tricks.protocol import ModelAdapter
 
-COLUMNS = ["epoch", "step", "split", "index", "label", "prediction", "p_true", "loss"]
+COLUMNS = ["epoch", "step", "split", "index", "input", "label", "prediction", "p_true", "loss"]
 
 
 class PredictionDynamics(Callback):
@@ -51,6 +53,7 @@ class PredictionDynamics(Callback):
         self.every_n_epochs = check_int(every_n_epochs, "every_n_epochs", owner="PredictionDynamics")
         self.plot_every_n_epochs = check_int(plot_every_n_epochs, "plot_every_n_epochs", owner="PredictionDynamics")
         self._plotted_at = 0
+        self._inputs: dict[tuple[str, int], Any] = {}
         self.seed = seed
         self.adapter = ModelAdapter(split_batch=split_batch, loss_fn=loss_fn, task=task)
         self.indices: dict[str, list[int]] = {}
@@ -80,6 +83,7 @@ class PredictionDynamics(Callback):
             dataset = self._dataset(trainer, pl_module, split)
             batch = trainer.strategy.batch_to_device(default_collate([dataset[i] for i in indices]))
             inputs, targets = self.adapter.inputs_targets(pl_module, batch)
+            self._remember_inputs(split, indices, inputs)
             with evaluating(pl_module):
                 outputs = pl_module(inputs)
                 for k, index in enumerate(indices):
@@ -87,6 +91,26 @@ class PredictionDynamics(Callback):
                         self._row(trainer, task, split, index, outputs[k : k + 1], targets[k : k + 1], pl_module)
                     )
         self._log(trainer, task)
+
+    def _remember_inputs(self, split: str, indices: list[int], inputs: Any) -> None:
+        """What the table shows as the input: a thumbnail for images, the first values otherwise.
+
+        Kept beside the history, not in it: pictures do not belong in checkpoints, and after a resume
+        they are rebuilt from the data and the saved indices.
+        """
+        if not isinstance(inputs, torch.Tensor):
+            return
+        for k, index in enumerate(indices):
+            if (split, index) in self._inputs:
+                continue
+            sample = inputs[k].detach().float().cpu()
+            if looks_like_images(inputs):
+                self._inputs[split, index] = to_uint8_image(sample)
+            else:
+                values = sample.reshape(-1)[:8].tolist()
+                self._inputs[split, index] = " ".join(f"{v:.3g}" for v in values) + (
+                    " ..." if sample.numel() > 8 else ""
+                )
 
     def _row(self, trainer, task, split, index, output, target, pl_module) -> dict[str, Any]:
         loss = float(self.adapter.loss(pl_module, output, target))
@@ -106,7 +130,11 @@ class PredictionDynamics(Callback):
                 "label": label, "prediction": prediction, "p_true": p_true, "loss": loss}  # fmt: skip
 
     def _log(self, trainer: pl.Trainer, task: str) -> None:
-        log_table(trainer, "tricks/prediction_dynamics/table", COLUMNS, [[r[c] for c in COLUMNS] for r in self.history])
+        rows = [
+            [self._inputs.get((r["split"], r["index"]), "") if c == "input" else r[c] for c in COLUMNS]
+            for r in self.history
+        ]
+        log_table(trainer, "tricks/prediction_dynamics/table", COLUMNS, rows)
         # The picture costs ~0.1 s to draw: every `plot_every_n_epochs` epochs and at the end of training.
         epochs = len({r["epoch"] for r in self.history})
         if epochs % self.plot_every_n_epochs == 0 or trainer.current_epoch + 1 >= (trainer.max_epochs or 0) > 0:
