@@ -1,8 +1,9 @@
 """Wall time of the main job, `lightning-tricks train`, against a bare-Trainer script doing the same fit.
 
 Both run as fresh processes (imports included), with the default 20 epochs of the MLP on digits.
-The command adds Hydra composition, W&B offline logging, checkpoints, the Rich bar, val+test of the
-best checkpoint and the summary; the ratio is what all of that costs.
+The command adds Hydra composition, the default recipe (seed, bias init, the preflight checks, full-set
+loss, prediction dynamics, the first batch's picture), W&B offline logging, checkpoints, the Rich bar,
+val+test of the best checkpoint and the summary; the ratio is what all of that costs.
 Usage: python benchmarks/bench_train_command.py [--repeats 3]
 """
 
@@ -46,7 +47,7 @@ def main() -> None:
             command.append(timed([sys.executable, "-m", "lightning_tricks", "train", f"hydra.run.dir=run{i}"], tmp))
     b, c = statistics.median(bare), statistics.median(command)
     print(f"bare Trainer script     : {b:.2f} s (median of {args.repeats}; 20 epochs, MLP, digits)")
-    print(f"lightning-tricks train  : {c:.2f} s (W&B offline, checkpoints, Rich bar, val+test, summary)")
+    print(f"lightning-tricks train  : {c:.2f} s (default recipe: checks, bias init, monitors, W&B offline)")
     print(f"ratio command / bare    : {c / b:.2f}")
 
 
