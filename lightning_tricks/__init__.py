@@ -23,6 +23,8 @@ _EXPORTS = {
     "OverfitBatchCheck": "lightning_tricks.callbacks",
     "InputIndependentBaseline": "lightning_tricks.callbacks",
     "LastLayerBiasInit": "lightning_tricks.callbacks",
+    "LRRangeTest": "lightning_tricks.callbacks",
+    "lr_range_test": "lightning_tricks.callbacks.lr_range_test",
     "ShuffleCheck": "lightning_tricks.callbacks",
     "TrainingHealthCheck": "lightning_tricks.callbacks",
     "VisualizeBatch": "lightning_tricks.callbacks",
@@ -47,6 +49,7 @@ __all__ = [
     "HumanBaseline",
     "InitLossCheck",
     "InputIndependentBaseline",
+    "LRRangeTest",
     "LastLayerBiasInit",
     "ModelAdapter",
     "OverfitBatchCheck",
@@ -63,6 +66,7 @@ __all__ = [
     "log_image",
     "log_scalars",
     "log_table",
+    "lr_range_test",
     "run_preflight",
 ]
 
@@ -76,6 +80,7 @@ if TYPE_CHECKING:
         InitLossCheck,
         InputIndependentBaseline,
         LastLayerBiasInit,
+        LRRangeTest,
         OverfitBatchCheck,
         PredictionDynamics,
         RecipeCheckError,
@@ -84,6 +89,7 @@ if TYPE_CHECKING:
         TrainingHealthCheck,
         VisualizeBatch,
     )
+    from lightning_tricks.callbacks.lr_range_test import lr_range_test
     from lightning_tricks.media import log_image, log_scalars, log_table
     from lightning_tricks.preflight import PreflightReport, assert_preflight, run_preflight
     from lightning_tricks.protocol import AdapterError, ModelAdapter, TrickModule

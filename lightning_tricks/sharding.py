@@ -7,19 +7,25 @@ the full-set loss) each rank instead takes samples ``rank, rank + W, rank + 2W, 
 
 from __future__ import annotations
 
+import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 
-def shard(loader: DataLoader, rank: int, world_size: int) -> tuple[DataLoader, bool]:
+def shard(loader: DataLoader, rank: int, world_size: int, shuffle_seed: int | None = None) -> tuple[DataLoader, bool]:
     """This rank's share of a loader's samples, and whether shards partition the data (else all ranks see all).
 
     Only map-style data sets with a length can be partitioned; an iterable one is returned as is, so
-    every rank reads all of it (callers then must not sum across ranks).
+    every rank reads all of it (callers then must not sum across ranks). With ``shuffle_seed`` the
+    samples are first permuted by that seed (the same permutation on every rank, so shards stay
+    disjoint): for training-like passes, where a sorted data set would bias what is seen first.
     """
     dataset = getattr(loader, "dataset", None)
     if world_size == 1 or dataset is None or isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__"):
         return loader, False
-    indices = list(range(rank, len(dataset), world_size))
+    order = range(len(dataset))
+    if shuffle_seed is not None:
+        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(shuffle_seed)).tolist()
+    indices = list(order[rank::world_size])
     return (
         DataLoader(
             dataset,

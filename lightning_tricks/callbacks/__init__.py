@@ -8,6 +8,7 @@ from lightning_tricks.callbacks.human_baseline import HumanBaseline
 from lightning_tricks.callbacks.init_loss_check import InitLossCheck
 from lightning_tricks.callbacks.input_independent_baseline import InputIndependentBaseline
 from lightning_tricks.callbacks.last_layer_bias_init import LastLayerBiasInit
+from lightning_tricks.callbacks.lr_range_test import LRRangeTest
 from lightning_tricks.callbacks.overfit_batch_check import OverfitBatchCheck
 from lightning_tricks.callbacks.prediction_dynamics import PredictionDynamics
 from lightning_tricks.callbacks.recipe_check import CheckResult, RecipeCheck, RecipeCheckError
@@ -25,6 +26,7 @@ __all__ = [
     "HumanBaseline",
     "InitLossCheck",
     "InputIndependentBaseline",
+    "LRRangeTest",
     "LastLayerBiasInit",
     "OverfitBatchCheck",
     "PredictionDynamics",
