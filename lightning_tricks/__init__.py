@@ -24,6 +24,9 @@ _EXPORTS = {
     "InputIndependentBaseline": "lightning_tricks.callbacks",
     "LastLayerBiasInit": "lightning_tricks.callbacks",
     "LRRangeTest": "lightning_tricks.callbacks",
+    "LRBatchScaling": "lightning_tricks.callbacks",
+    "BatchSizeSchedule": "lightning_tricks.callbacks",
+    "schedules": "lightning_tricks.schedules",
     "lr_range_test": "lightning_tricks.callbacks.lr_range_test",
     "ShuffleCheck": "lightning_tricks.callbacks",
     "TrainingHealthCheck": "lightning_tricks.callbacks",
@@ -43,12 +46,14 @@ _EXPORTS = {
 __all__ = [
     "ActivationStats",
     "AdapterError",
+    "BatchSizeSchedule",
     "FirstLayerFilters",
     "FullDatasetLoss",
     "GradientDependencyProbe",
     "HumanBaseline",
     "InitLossCheck",
     "InputIndependentBaseline",
+    "LRBatchScaling",
     "LRRangeTest",
     "LastLayerBiasInit",
     "ModelAdapter",
@@ -68,11 +73,14 @@ __all__ = [
     "log_table",
     "lr_range_test",
     "run_preflight",
+    "schedules",
 ]
 
 if TYPE_CHECKING:
+    from lightning_tricks import schedules
     from lightning_tricks.callbacks import (
         ActivationStats,
+        BatchSizeSchedule,
         FirstLayerFilters,
         FullDatasetLoss,
         GradientDependencyProbe,
@@ -80,6 +88,7 @@ if TYPE_CHECKING:
         InitLossCheck,
         InputIndependentBaseline,
         LastLayerBiasInit,
+        LRBatchScaling,
         LRRangeTest,
         OverfitBatchCheck,
         PredictionDynamics,
@@ -97,5 +106,6 @@ if TYPE_CHECKING:
 
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
+        module = importlib.import_module(_EXPORTS[name])
+        return module if module.__name__.endswith(f".{name}") else getattr(module, name)
     raise AttributeError(f"module 'lightning_tricks' has no attribute {name!r}")

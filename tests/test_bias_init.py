@@ -195,7 +195,7 @@ def ddp_bias(devices: int) -> list[float]:
 
 @pytest.mark.slow
 @pytest.mark.ddp
-def test_ddp_ranks_set_the_same_global_bias_as_one_process() -> None:
+def test_ddp_ranks_set_the_same_global_bias_as_one_process(chdir_tmp: Path) -> None:
     rank0, rank1 = run_ddp(ddp_bias, devices=2, timeout=180)
     single = ddp_bias(devices=1)
     assert rank0 == rank1

@@ -41,13 +41,16 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 def test_help_lists_commands_and_config_groups(tmp_path: Path) -> None:
     top = ok(cli("--help", cwd=tmp_path)).stdout
-    assert "train" in top and "preflight" in top and "usage: lightning-tricks <command>" in top
+    assert "train" in top and "preflight" in top and "lr-find" in top and "usage: lightning-tricks <command>" in top
     train = ok(cli("train", "--help", cwd=tmp_path)).stdout
     for line in ("data: digits, mnist1d", "data/synthetic: classification, imbalanced, regression"):
         assert line in train
     assert "trainer: cpu, ddp, ddp_cpu, gpu" in train and "logger: csv, none, tensorboard, wandb" in train
+    assert "scheduler: cyclical, exp, fixed, inv, multistep, none, poly, sigmoid, step" in train
     bad = cli("tarin", cwd=tmp_path)
-    assert bad.returncode == 2 and "unknown command 'tarin'; choose one of ['preflight', 'train']" in bad.stderr
+    assert (
+        bad.returncode == 2 and "unknown command 'tarin'; choose one of ['lr-find', 'preflight', 'train']" in bad.stderr
+    )
 
 
 @pytest.mark.slow

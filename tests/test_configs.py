@@ -53,14 +53,27 @@ def test_every_group_has_the_options_the_product_promises() -> None:
     assert set(options("trainer")) >= {"cpu", "gpu", "ddp", "ddp_cpu"}
     assert set(options("logger")) >= {"wandb", "csv", "tensorboard", "none"}
     assert set(options("recipe")) >= {"none", "default"}
+    assert set(options("scheduler")) >= {
+        "none",
+        "fixed",
+        "step",
+        "exp",
+        "inv",
+        "multistep",
+        "poly",
+        "sigmoid",
+        "cyclical",
+    }
 
 
-@pytest.mark.parametrize("group", ["data", "model", "trainer", "logger", "recipe"])
+@pytest.mark.parametrize("group", ["data", "model", "trainer", "logger", "recipe", "scheduler"])
 def test_every_option_composes_and_names_real_arguments(group: str, compose_train) -> None:
     for option in options(group):
         cfg = compose_train(f"{group}={option}", tiny=False)
         container = OmegaConf.to_container(cfg, resolve=False)
-        assert_keys_are_arguments(container[group] if group != "recipe" else container, f"{group}={option}")
+        # A recipe fills several top-level keys; a scheduler is `# @package model` (it sets model.scheduler).
+        node = {"recipe": container, "scheduler": container["model"]}.get(group) or container[group]
+        assert_keys_are_arguments(node, f"{group}={option}")
 
 
 @pytest.mark.parametrize("name", options("callbacks"))

@@ -146,9 +146,13 @@ def test_history_survives_resume(tmp_path: Path) -> None:
     pl.Trainer(max_epochs=2, callbacks=[first, ModelCheckpoint(dirpath=tmp_path, save_last=True)], logger=False,
                enable_progress_bar=False).fit(model, datamodule=dm)  # fmt: skip
     resumed = FullDatasetLoss()
-    pl.Trainer(max_epochs=3, callbacks=[resumed], logger=False, enable_progress_bar=False).fit(
-        model, datamodule=dm, ckpt_path=tmp_path / "last.ckpt"
-    )
+    pl.Trainer(
+        max_epochs=3,
+        callbacks=[resumed],
+        logger=False,
+        enable_progress_bar=False,
+        default_root_dir=tmp_path / "resumed",
+    ).fit(model, datamodule=dm, ckpt_path=tmp_path / "last.ckpt")
     assert [e["epoch"] for e in resumed.history] == [0, 1, 2]
     assert resumed.history[:2] == first.history
 
@@ -156,7 +160,7 @@ def test_history_survives_resume(tmp_path: Path) -> None:
 def test_partial_validation_is_flagged_and_bad_arguments_named(tmp_path: Path) -> None:
     with pytest.warns(UserWarning, match=r"limit_val_batches=0.5 .* whole validation set"):
         pl.Trainer(max_epochs=1, limit_val_batches=0.5, callbacks=[FullDatasetLoss()], logger=False,
-                   enable_progress_bar=False, enable_checkpointing=False).fit(
+                   enable_progress_bar=False, enable_checkpointing=False, default_root_dir=tmp_path).fit(
             MLP(input_shape=(1, 8, 8), num_outputs=10), datamodule=DigitsDataModule()
         )  # fmt: skip
     with pytest.raises(ValueError, match=r"`splits` must be a non-empty subset of .*got \['valid'\]"):

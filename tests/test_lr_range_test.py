@@ -298,7 +298,7 @@ def test_two_ranks_read_one_curve_and_use_one_suggestion() -> None:
     rank0, rank1 = run_ddp(ddp_range_test, devices=2, timeout=240)
     assert rank0["result"].losses == rank1["result"].losses  # losses averaged over ranks each step
     assert rank0["result"].suggestion == rank1["result"].suggestion
-    assert rank0["lr_used"] == rank1["lr_used"] == rank0["result"].suggestion
+    assert rank0["lr_used"] == rank1["lr_used"] == pytest.approx(rank0["result"].suggestion, rel=1e-12)
     assert torch.equal(rank0["weights"], rank1["weights"])
 
 
@@ -337,3 +337,15 @@ def test_lr_find_command_prints_and_saves_the_suggestion(tmp_path: Path) -> None
         timeout=240,
     )
     assert bad.returncode != 0 and "`mode` must be one of ('exponential', 'linear'), got 'cosine'" in bad.stderr
+
+
+@pytest.mark.parametrize("range_test_first", [True, False])
+def test_with_lr_batch_scaling_the_suggestion_is_not_scaled_again(tmp_path: Path, range_test_first: bool) -> None:
+    from lightning_tricks.callbacks.lr_batch_scaling import LRBatchScaling
+
+    range_test, scaling = LRRangeTest(num_steps=30, apply=True), LRBatchScaling(reference_batch_size=16)
+    callbacks = [range_test, scaling] if range_test_first else [scaling, range_test]
+    with pytest.warns(UserWarning, match="not scaled again"):
+        _, _, seen = fit_digits(tmp_path, callbacks, epochs=1)
+    assert scaling.factor == 1.0  # batch 64 vs reference 16 would have been x4
+    assert seen.first_lrs == [pytest.approx(range_test.result.suggestion, rel=1e-12)]

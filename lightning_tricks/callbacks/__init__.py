@@ -1,6 +1,7 @@
 """The recipe's tricks as Lightning callbacks, one trick per module."""
 
 from lightning_tricks.callbacks.activation_stats import ActivationStats
+from lightning_tricks.callbacks.batch_size_schedule import BatchSizeSchedule
 from lightning_tricks.callbacks.first_layer_filters import FirstLayerFilters
 from lightning_tricks.callbacks.full_dataset_loss import FullDatasetLoss
 from lightning_tricks.callbacks.gradient_dependency_probe import GradientDependencyProbe
@@ -8,6 +9,7 @@ from lightning_tricks.callbacks.human_baseline import HumanBaseline
 from lightning_tricks.callbacks.init_loss_check import InitLossCheck
 from lightning_tricks.callbacks.input_independent_baseline import InputIndependentBaseline
 from lightning_tricks.callbacks.last_layer_bias_init import LastLayerBiasInit
+from lightning_tricks.callbacks.lr_batch_scaling import LRBatchScaling
 from lightning_tricks.callbacks.lr_range_test import LRRangeTest
 from lightning_tricks.callbacks.overfit_batch_check import OverfitBatchCheck
 from lightning_tricks.callbacks.prediction_dynamics import PredictionDynamics
@@ -19,6 +21,7 @@ from lightning_tricks.callbacks.visualize_batch import VisualizeBatch
 
 __all__ = [
     "ActivationStats",
+    "BatchSizeSchedule",
     "CheckResult",
     "FirstLayerFilters",
     "FullDatasetLoss",
@@ -26,6 +29,7 @@ __all__ = [
     "HumanBaseline",
     "InitLossCheck",
     "InputIndependentBaseline",
+    "LRBatchScaling",
     "LRRangeTest",
     "LastLayerBiasInit",
     "OverfitBatchCheck",

@@ -30,6 +30,7 @@ from torch import nn
 from typing_extensions import override
 
 from lightning_tricks.arguments import check_int
+from lightning_tricks.callbacks.lr_batch_scaling import scale_trainer_lr
 from lightning_tricks.callbacks.recipe_check import train_loader
 from lightning_tricks.functional.lr_range import (
     MODES,
@@ -272,27 +273,15 @@ def _progress(total: int) -> tuple[Any, Any]:
 
 
 def set_learning_rate(trainer: pl.Trainer, lr: float) -> list[list[float]]:
-    """Set the first param group's LR of every optimizer to ``lr`` (others keep their ratio to it).
+    """Set the first param group's LR of every optimizer to ``lr``; the rest follows as a scaling.
 
-    A scheduler's base LRs (and the groups' ``initial_lr``) move with it, and an LR the scheduler has
-    already scaled (e.g. a warmup's first factor) keeps that factor. Returns the new LRs per optimizer.
+    Other groups keep their ratio to the first, schedulers' base LRs move with it, and an LR a
+    scheduler has already scaled (e.g. a warmup's first factor) keeps that factor: the run's LRs are
+    all multiplied by ``lr / base``, where ``base`` is the first group's initial LR. Returns the new LRs.
     """
-    schedulers = [config.scheduler for config in trainer.lr_scheduler_configs]
-    applied = []
-    for optimizer in trainer.optimizers:
-        groups = optimizer.param_groups
-        bases = [float(g.get("initial_lr", g["lr"])) for g in groups]
-        for group, base in zip(groups, bases, strict=True):
-            new_base = lr * (base / bases[0]) if bases[0] > 0 else lr
-            # keep a factor a scheduler already applied (e.g. warmup); exactly `lr` when there is none
-            group["lr"] = new_base if group["lr"] == base or base <= 0 else new_base * (group["lr"] / base)
-            if "initial_lr" in group:
-                group["initial_lr"] = new_base
-        for scheduler in schedulers:
-            if getattr(scheduler, "optimizer", None) is optimizer and hasattr(scheduler, "base_lrs"):
-                scheduler.base_lrs = [float(g.get("initial_lr", g["lr"])) for g in groups]
-        applied.append([float(g["lr"]) for g in groups])
-    return applied
+    first = trainer.optimizers[0].param_groups[0]
+    base = float(first.get("initial_lr", first["lr"]))
+    return scale_trainer_lr(trainer, lr / base if base > 0 else 1.0)
 
 
 class LRRangeTest(Callback):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Sequence
 from functools import partial
@@ -47,7 +48,9 @@ class ReferenceModule(TrickModule, pl.LightningModule):
 
     The optimizer and scheduler are injected (Hydra ``_partial_: true``), Adam
     at 3e-4 by default (recipe 3.2). ``input_shape``, ``num_outputs`` and
-    ``task`` come from the data module.
+    ``task`` come from the data module. The scheduler is stepped per its
+    factory's ``interval`` (:func:`scheduler_interval`), and a ``max_iter=None``
+    bound in the factory is filled in with the run's length.
     """
 
     def __init__(
@@ -123,7 +126,48 @@ class ReferenceModule(TrickModule, pl.LightningModule):
         optimizer = self.optimizer_factory(self.parameters())
         if self.scheduler_factory is None:
             return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer)}}
+        factory, interval = self.scheduler_factory, scheduler_interval(self.scheduler_factory)
+        # `max_iter: null` in a config means "the whole run", which only the Trainer knows.
+        if isinstance(factory, partial) and "max_iter" in factory.keywords and factory.keywords["max_iter"] is None:
+            factory = partial(factory, max_iter=self._run_length(interval))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": factory(optimizer), "interval": interval}}
+
+    def _run_length(self, interval: str) -> int:
+        """The run's length in scheduler iterations: optimizer steps or epochs."""
+        length = self.trainer.estimated_stepping_batches if interval == "step" else self.trainer.max_epochs
+        if length is None or length < 1 or not math.isfinite(length):
+            limit = "max_steps or max_epochs" if interval == "step" else "max_epochs"
+            raise ValueError(
+                f"The scheduler's `max_iter=None` needs the run's length, but the Trainer's is {length!r}: "
+                f"set the Trainer's {limit}, or the scheduler's `max_iter`."
+            )
+        return int(length)
+
+
+def scheduler_interval(factory: SchedulerFactory) -> str:
+    """What one scheduler iteration is for Lightning: the factory's ``interval`` argument, else ``"epoch"``.
+
+    The schedulers in ``lightning_tricks.schedules`` carry their unit (``interval="step"`` by
+    default, Caffe's iteration), so ``stepsize`` and the unit it counts in live in one config;
+    torch's own schedulers have no such argument and keep Lightning's default, per epoch.
+
+    >>> from lightning_tricks.schedules import Step
+    >>> scheduler_interval(partial(Step, stepsize=10)), scheduler_interval(partial(Step, stepsize=1, interval="epoch"))
+    ('step', 'epoch')
+    >>> scheduler_interval(partial(torch.optim.lr_scheduler.StepLR, step_size=10))
+    'epoch'
+    """
+    # LightningCLI (jsonargparse) builds a partial of a wrapper whose signature is (*args, **kwargs),
+    # with every argument, defaults included, in its keywords; Hydra's partial binds only the YAML's keys.
+    if isinstance(factory, partial) and "interval" in factory.keywords:
+        return factory.keywords["interval"]
+    try:
+        parameter = inspect.signature(factory).parameters.get("interval")
+    except (TypeError, ValueError):  # a callable without a signature
+        return "epoch"
+    if parameter is None or parameter.default is inspect.Parameter.empty:
+        return "epoch"
+    return parameter.default
 
 
 def flat_size(shape: Sequence[int]) -> int:

@@ -49,6 +49,7 @@ def run_ddp(fn: Callable[..., Any], *args: Any, devices: int = 2, timeout: float
         proc = subprocess.Popen(
             [sys.executable, "-m", "lightning_tricks.testing.ddp", tmp],
             env=env,
+            cwd=tmp,  # files a Trainer writes to its default root (the cwd) go to the job's folder
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -90,6 +91,14 @@ def _worker(tmp: str) -> None:
     rank = getattr(rank_zero_only, "rank", 0)
     with open(Path(tmp) / f"result_{rank}.pkl", "wb") as f:
         pickle.dump(result, f)
+    # Tear the process group down explicitly, after every rank has written its result: left to the
+    # interpreter's exit, gloo's threads are sometimes destroyed while still joinable, and the process
+    # aborts ("terminate called without an active exception") although the job succeeded.
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
