@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,15 +68,29 @@ def _item_key(item: Any) -> str:
     return item.key or "/".join(item.nested_key)
 
 
-def read_offline_run(run_dir: str | Path) -> OfflineRun:
-    """Parse ``<run_dir>/run-*.wandb`` (``run_dir`` is ``.../wandb/offline-run-<time>-<id>``)."""
+def read_offline_run(run_dir: str | Path, timeout: float = 30.0) -> OfflineRun:
+    """Parse ``<run_dir>/run-*.wandb`` (``run_dir`` is ``.../wandb/offline-run-<time>-<id>``).
+
+    ``finish()`` can return before W&B's writer process has flushed the log (seen on a loaded
+    machine: a read right after it found no history at all), so the log is re-read until it holds
+    the run's exit record, for up to ``timeout`` seconds; after that, what is there is returned.
+    """
+    run_dir = Path(run_dir)
+    deadline = time.monotonic() + timeout
+    while True:
+        run, finished = _parse(run_dir)
+        if finished or time.monotonic() > deadline:
+            return run
+        time.sleep(0.1)
+
+
+def _parse(run_dir: Path) -> tuple[OfflineRun, bool]:
     from wandb.proto import wandb_internal_pb2
 
-    run_dir = Path(run_dir)
     logs = sorted(run_dir.glob("run-*.wandb"))
     if not logs:
         raise FileNotFoundError(f"No run-*.wandb transaction log in {run_dir}.")
-    run = OfflineRun(path=run_dir)
+    run, finished = OfflineRun(path=run_dir), False
     for data in _records(logs[0]):
         record = wandb_internal_pb2.Record()
         record.ParseFromString(data)
@@ -86,4 +101,6 @@ def read_offline_run(run_dir: str | Path) -> OfflineRun:
             run.summary.update({_item_key(i): json.loads(i.value_json) for i in record.summary.update})
         elif kind == "config":
             run.config.update({_item_key(i): json.loads(i.value_json) for i in record.config.update})
-    return run
+        elif kind == "exit":
+            finished = True
+    return run, finished
