@@ -38,6 +38,8 @@ _EXPORTS = {
     "AdapterError": "lightning_tricks.protocol",
     "ModelAdapter": "lightning_tricks.protocol",
     "TrickModule": "lightning_tricks.protocol",
+    "inspect_data": "lightning_tricks.inspection",
+    "DataReport": "lightning_tricks.inspection_report",
     "log_image": "lightning_tricks.media",
     "log_scalars": "lightning_tricks.media",
     "log_table": "lightning_tricks.media",
@@ -47,6 +49,7 @@ __all__ = [
     "ActivationStats",
     "AdapterError",
     "BatchSizeSchedule",
+    "DataReport",
     "FirstLayerFilters",
     "FullDatasetLoss",
     "GradientDependencyProbe",
@@ -68,6 +71,7 @@ __all__ = [
     "VisualizeBatch",
     "__version__",
     "assert_preflight",
+    "inspect_data",
     "log_image",
     "log_scalars",
     "log_table",
@@ -99,6 +103,8 @@ if TYPE_CHECKING:
         VisualizeBatch,
     )
     from lightning_tricks.callbacks.lr_range_test import lr_range_test
+    from lightning_tricks.inspection import inspect_data
+    from lightning_tricks.inspection_report import DataReport
     from lightning_tricks.media import log_image, log_scalars, log_table
     from lightning_tricks.preflight import PreflightReport, assert_preflight, run_preflight
     from lightning_tricks.protocol import AdapterError, ModelAdapter, TrickModule

@@ -10,6 +10,7 @@ import sys
 COMMANDS = {
     "train": ("lightning_tricks.train", "train a model on the configured data (Hydra overrides follow)"),
     "preflight": ("lightning_tricks.preflight", "run the recipe's before-you-train checks; exit 1 if any fails"),
+    "inspect": ("lightning_tricks.inspect_cli", "look at the data: balance, duplicates, leakage, NaN, outliers"),
     "lr-find": ("lightning_tricks.lr_find", "LR range test on the configured model and data; prints the suggestion"),
 }
 

@@ -1,0 +1,50 @@
+"""The `inspect` command: ``inspect_data`` on the configured data module, report into the run directory.
+
+``lightning-tricks inspect data=mnist1d strict=true`` (or ``python -m lightning_tricks.inspect_cli``)
+prints the Markdown report, writes ``report.md``, ``report.json`` and figures under
+``paths.output_dir`` and, with ``strict=true``, exits with code 1 on leakage or NaN/Inf.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+import lightning.pytorch as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from lightning_tricks.inspection import DataReport, inspect_data
+
+
+def inspect(cfg: DictConfig) -> DataReport:
+    """The command's work: build the configured data module, scan it, save the report."""
+    pl.seed_everything(cfg.seed, verbose=False)  # the split of the data modules depends on it
+    datamodule = instantiate(cfg.data, _convert_="all")
+    report = inspect_data(
+        datamodule,
+        splits=tuple(OmegaConf.to_container(cfg.splits, resolve=True)),
+        batch_size=cfg.batch_size,
+        outlier_threshold=cfg.outlier_threshold,
+        near_duplicates=cfg.near_duplicates,
+        near_duplicate_max_samples=cfg.near_duplicate_max_samples,
+        near_duplicate_threshold=cfg.near_duplicate_threshold,
+    )
+    report.save(cfg.paths.output_dir, figures=cfg.figures)
+    return report
+
+
+@hydra.main(version_base="1.3", config_path="pkg://lightning_tricks.conf", config_name="inspect")
+def main(cfg: DictConfig) -> None:
+    report = inspect(cfg)
+    from rich.console import Console
+    from rich.markdown import Markdown
+
+    Console(soft_wrap=True).print(Markdown(report.to_markdown()))
+    print(f"report: {Path(cfg.paths.output_dir) / 'report.md'}")
+    if cfg.strict and report.has_errors:
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()
