@@ -26,6 +26,7 @@ _EXPORTS = {
     "LRRangeTest": "lightning_tricks.callbacks",
     "LRBatchScaling": "lightning_tricks.callbacks",
     "BatchSizeSchedule": "lightning_tricks.callbacks",
+    "DataInspection": "lightning_tricks.callbacks",
     "schedules": "lightning_tricks.schedules",
     "lr_range_test": "lightning_tricks.callbacks.lr_range_test",
     "ShuffleCheck": "lightning_tricks.callbacks",
@@ -49,6 +50,7 @@ __all__ = [
     "ActivationStats",
     "AdapterError",
     "BatchSizeSchedule",
+    "DataInspection",
     "DataReport",
     "FirstLayerFilters",
     "FullDatasetLoss",
@@ -85,6 +87,7 @@ if TYPE_CHECKING:
     from lightning_tricks.callbacks import (
         ActivationStats,
         BatchSizeSchedule,
+        DataInspection,
         FirstLayerFilters,
         FullDatasetLoss,
         GradientDependencyProbe,
