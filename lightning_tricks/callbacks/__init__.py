@@ -3,6 +3,7 @@
 from lightning_tricks.callbacks.activation_stats import ActivationStats
 from lightning_tricks.callbacks.batch_size_schedule import BatchSizeSchedule
 from lightning_tricks.callbacks.data_inspection import DataInspection
+from lightning_tricks.callbacks.dropout_batchnorm_lint import DropoutBatchNormLint
 from lightning_tricks.callbacks.first_layer_filters import FirstLayerFilters
 from lightning_tricks.callbacks.full_dataset_loss import FullDatasetLoss
 from lightning_tricks.callbacks.gradient_dependency_probe import GradientDependencyProbe
@@ -25,6 +26,7 @@ __all__ = [
     "BatchSizeSchedule",
     "CheckResult",
     "DataInspection",
+    "DropoutBatchNormLint",
     "FirstLayerFilters",
     "FullDatasetLoss",
     "GradientDependencyProbe",
