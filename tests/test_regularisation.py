@@ -251,3 +251,21 @@ def test_lint_gives_the_same_verdict_on_both_ddp_ranks() -> None:
 
     rank0, rank1 = run_ddp(ddp_lint_verdict, devices=2, timeout=300)
     assert rank0 == rank1 == (False, [["net.3", "net.4"]])
+
+
+def test_reference_models_take_weight_decay_on_weights_only(compose_train) -> None:
+    from lightning_tricks.train import build_data_and_model
+
+    cfg = compose_train("model=cnn", "model.weight_decay=0.05", "model.optimizer._target_=torch.optim.AdamW")
+    _, model = build_data_and_model(cfg)
+    optimizer = model.configure_optimizers()
+    assert isinstance(optimizer, torch.optim.AdamW)
+    decayed, plain = optimizer.param_groups
+    assert decayed["weight_decay"] == 0.05 and plain["weight_decay"] == 0.0
+    assert all(p.ndim >= 2 for p in decayed["params"]) and all(p.ndim < 2 for p in plain["params"])
+    assert len(decayed["params"]) + len(plain["params"]) == len(list(model.parameters()))
+    # null (the default): one group, the optimizer's own setting on everything
+    _, default = build_data_and_model(compose_train())
+    assert len(default.configure_optimizers().param_groups) == 1
+    with pytest.raises(ValueError, match="`weight_decay` must be a finite number >= 0, got -1"):
+        MLP(input_shape=(4,), num_outputs=2, weight_decay=-1)

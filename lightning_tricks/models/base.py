@@ -15,6 +15,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
 from lightning_tricks.arguments import check_int
+from lightning_tricks.functional.weight_decay import check_weight_decay, parameter_groups
 from lightning_tricks.protocol import TrickModule, check_task
 
 # Lightning's aliases: jsonargparse (LightningCLI) can build these from a class path + init_args,
@@ -60,6 +61,7 @@ class ReferenceModule(TrickModule, pl.LightningModule):
         task: str = "multiclass",
         optimizer: OptimizerFactory | None = None,
         scheduler: SchedulerFactory | None = None,
+        weight_decay: float | None = None,
     ) -> None:
         super().__init__()
         self.task = check_task(task)
@@ -71,6 +73,9 @@ class ReferenceModule(TrickModule, pl.LightningModule):
             raise ValueError(f"`task='binary'` needs one output (a logit), got num_outputs={num_outputs}.")
         self.optimizer_factory = check_optimizer(optimizer or partial(torch.optim.Adam, lr=3e-4))
         self.scheduler_factory = scheduler
+        # None: the optimizer's own weight_decay on every parameter. A number: that decay on the weights
+        # only, none on biases and normalisation parameters (parameter_groups; pair it with AdamW).
+        self.weight_decay = None if weight_decay is None else check_weight_decay(weight_decay)
         self.criterion = _CRITERIA[self.task]()
         self.metrics = nn.ModuleDict({f"{stage}_metric": self._make_metric() for stage in ("train", "val", "test")})
         self.example_input_array = torch.zeros(2, *self.input_shape)
@@ -123,7 +128,8 @@ class ReferenceModule(TrickModule, pl.LightningModule):
         self._step(batch, "test")
 
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(self.parameters())
+        params = self.parameters() if self.weight_decay is None else parameter_groups(self, self.weight_decay)
+        optimizer = self.optimizer_factory(params)
         if self.scheduler_factory is None:
             return optimizer
         factory, interval = self.scheduler_factory, scheduler_interval(self.scheduler_factory)

@@ -27,8 +27,9 @@ class CNN(ReferenceModule):
         dropout: float = 0.0,
         optimizer: OptimizerFactory | None = None,
         scheduler: SchedulerFactory | None = None,
+        weight_decay: float | None = None,
     ) -> None:
-        super().__init__(input_shape, num_outputs, task, optimizer, scheduler)
+        super().__init__(input_shape, num_outputs, task, optimizer, scheduler, weight_decay)
         if len(self.input_shape) not in (2, 3):
             raise ValueError(f"CNN: `input_shape` must be (C, L) or (C, H, W), got {tuple(input_shape)}.")
         if not 0 <= dropout < 1:

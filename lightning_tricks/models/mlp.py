@@ -30,8 +30,9 @@ class MLP(ReferenceModule):
         dropout: float = 0.0,
         optimizer: OptimizerFactory | None = None,
         scheduler: SchedulerFactory | None = None,
+        weight_decay: float | None = None,
     ) -> None:
-        super().__init__(input_shape, num_outputs, task, optimizer, scheduler)
+        super().__init__(input_shape, num_outputs, task, optimizer, scheduler, weight_decay)
         if not 0 <= dropout < 1:
             raise ValueError(f"`dropout` must be in [0, 1), got {dropout!r}.")
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
