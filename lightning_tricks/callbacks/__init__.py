@@ -4,6 +4,7 @@ from lightning_tricks.callbacks.activation_stats import ActivationStats
 from lightning_tricks.callbacks.batch_size_schedule import BatchSizeSchedule
 from lightning_tricks.callbacks.data_inspection import DataInspection
 from lightning_tricks.callbacks.dropout_batchnorm_lint import DropoutBatchNormLint
+from lightning_tricks.callbacks.early_stopping import EarlyStopping
 from lightning_tricks.callbacks.first_layer_filters import FirstLayerFilters
 from lightning_tricks.callbacks.full_dataset_loss import FullDatasetLoss
 from lightning_tricks.callbacks.gradient_dependency_probe import GradientDependencyProbe
@@ -27,6 +28,7 @@ __all__ = [
     "CheckResult",
     "DataInspection",
     "DropoutBatchNormLint",
+    "EarlyStopping",
     "FirstLayerFilters",
     "FullDatasetLoss",
     "GradientDependencyProbe",
