@@ -22,10 +22,23 @@ def shard(loader: DataLoader, rank: int, world_size: int, shuffle_seed: int | No
     dataset = getattr(loader, "dataset", None)
     if world_size == 1 or dataset is None or isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__"):
         return loader, False
-    order = range(len(dataset))
+    order = None
     if shuffle_seed is not None:
         order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(shuffle_seed)).tolist()
-    indices = list(order[rank::world_size])
+    return strided(loader, rank, world_size, order)[0], True
+
+
+def strided(
+    loader: DataLoader, rank: int, world_size: int, order: list[int] | None = None
+) -> tuple[DataLoader, list[int]]:
+    """A loader over samples ``order[rank::world_size]`` of ``loader``'s (map-style) data set, in that order.
+
+    ``order`` defaults to the data set's own order, so position k of the result is sample ``indices[k]``
+    whatever the original loader's sampler did (even in one process): for per-sample results keyed by index.
+    Batch size, collation and workers are the loader's.
+    """
+    dataset = loader.dataset
+    indices = list((range(len(dataset)) if order is None else order)[rank::world_size])
     return (
         DataLoader(
             dataset,
@@ -34,5 +47,5 @@ def shard(loader: DataLoader, rank: int, world_size: int, shuffle_seed: int | No
             collate_fn=loader.collate_fn,
             num_workers=loader.num_workers,
         ),
-        True,
+        indices,
     )

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,10 +37,12 @@ from lightning_tricks.functional.sample_losses import (
     probability_of_label,
     rank_by_loss,
 )
+from lightning_tricks.inspection import gather_objects
 from lightning_tricks.isolation import evaluating
 from lightning_tricks.media import log_image, log_scalars, log_table, run_dir
 from lightning_tricks.plots import new_figure
 from lightning_tricks.protocol import ModelAdapter
+from lightning_tricks.sharding import strided
 
 SPLITS = ("train", "val", "test")
 TABLE_ROWS = ("top_k", "all")
@@ -93,19 +94,6 @@ class SplitRanking:
         return {"split": self.split, "epoch": self.epoch, "step": self.step, "count": self.count,
                 "mean_loss": self.mean_loss, "top": list(self.top),
                 "top_losses": [self.row(i)["loss"] for i in self.top], "path": self.path}  # fmt: skip
-
-
-def object_gatherer(trainer: pl.Trainer) -> Callable[[Any], list[Any]]:
-    """A function ``obj -> [obj of rank 0, obj of rank 1, ...]`` on every rank (``[obj]`` in one process)."""
-    if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
-
-        def gather(obj: Any) -> list[Any]:
-            out: list[Any] = [None] * torch.distributed.get_world_size()
-            torch.distributed.all_gather_object(out, obj)
-            return out
-
-        return gather
-    return lambda obj: [obj]
 
 
 def _cell(values: torch.Tensor) -> Any:
@@ -188,13 +176,9 @@ class DataInspection(Callback):
         if not self.at_fit_start or self.reported or trainer.ckpt_path is not None:
             return
         self.reported = True
-        try:
-            from lightning_tricks.inspection import inspect_data
-        except ModuleNotFoundError as err:  # the data report ships separately from the loss ranking
-            if err.name != "lightning_tricks.inspection":
-                raise
-            rank_zero_warn("DataInspection: lightning_tricks.inspection is not available; no fit-start data report.")
-            return
+        # Looked up at call time (not imported with this module), so a test can stand in for the report.
+        from lightning_tricks.inspection import inspect_data
+
         source = trainer.datamodule
         if source is None:
             loaders = {split: self._loader(trainer, pl_module, split) for split in SPLITS}
@@ -205,7 +189,7 @@ class DataInspection(Callback):
                 split_batch=self.adapter.split_batch,
                 rank=trainer.global_rank,
                 world_size=trainer.world_size,
-                all_gather=object_gatherer(trainer),
+                all_gather=gather_objects,
             )
         if trainer.is_global_zero:
             folder = Path(self.report.save(run_dir(trainer) / "data_inspection" / "report", figures=False))
@@ -259,9 +243,7 @@ class DataInspection(Callback):
                 rank_zero_warn(f"DataInspection: the {split} data set has no length (iterable?); not ranked.")
             return None
         # Data set order, not the loader's (a training loader shuffles): position k is sample indices[k].
-        indices = list(range(len(dataset)))[trainer.global_rank :: trainer.world_size]
-        ordered = DataLoader(dataset, batch_size=loader.batch_size or 256, sampler=indices,
-                             collate_fn=loader.collate_fn, num_workers=loader.num_workers)  # fmt: skip
+        ordered, indices = strided(loader, trainer.global_rank, trainer.world_size)
         task = self.adapter.task_of(pl_module)
         local: dict[str, list[Any]] = {c: [] for c in COLUMNS}
         done = 0
@@ -275,7 +257,7 @@ class DataInspection(Callback):
                 for name, values in self._columns(task, inputs, outputs, targets).items():
                     local[name] += values
         # Collective on every rank, outside the loop: ranks with different batch counts cannot hang.
-        parts = object_gatherer(trainer)(local)
+        parts = gather_objects(local)
         merged = {c: [v for part in parts for v in part[c]] for c in COLUMNS}
         order = sorted(range(len(merged["index"])), key=merged["index"].__getitem__)
         columns = {c: [values[k] for k in order] for c, values in merged.items()}
