@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from typing import Any
 
 
@@ -22,3 +24,27 @@ def check_int(value: Any, name: str, minimum: int = 1, owner: str = "", allow_no
         allowed = f"None or an integer >= {minimum}" if allow_none else f"an integer >= {minimum}"
         raise ValueError(f"{prefix}`{name}` must be {allowed}, got {value!r}.")
     return value
+
+
+def check_float(
+    value: Any,
+    name: str,
+    allowed: str = "a finite number",
+    ok: Callable[[float], bool] = lambda v: True,
+    owner: str = "",
+) -> float:
+    """``value`` as a float if it is a finite real number with ``ok(value)``, else a ``ValueError`` naming it.
+
+    ``allowed`` says in words what ``ok`` accepts, for the message.
+
+    >>> check_float(0.5, "gamma", "a number in (0, 1]", lambda g: 0 < g <= 1)
+    0.5
+    >>> check_float(float("nan"), "lr", "a finite number > 0", lambda v: v > 0, owner="Sweep")
+    Traceback (most recent call last):
+    ...
+    ValueError: Sweep: `lr` must be a finite number > 0, got nan.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
+        prefix = f"{owner}: " if owner else ""
+        raise ValueError(f"{prefix}`{name}` must be {allowed}, got {value!r}.")
+    return float(value)

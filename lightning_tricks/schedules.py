@@ -22,15 +22,14 @@ in your own module::
 from __future__ import annotations
 
 import itertools
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 from typing_extensions import override
 
-from lightning_tricks.arguments import check_int
+from lightning_tricks.arguments import check_float, check_int
 from lightning_tricks.functional.lr_policies import (
     CYCLICAL_MODES,
     cyclical_lr,
@@ -47,16 +46,9 @@ from lightning_tricks.functional.lr_policies import (
 INTERVALS = ("step", "epoch")
 
 
-def _check_float(value: Any, name: str, owner: str, allowed: str, ok: Callable[[float], bool]) -> float:
-    """``value`` as a float if it is a finite real number with ``ok(value)``, else a ValueError naming it."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
-        raise ValueError(f"{owner}: `{name}` must be {allowed}, got {value!r}.")
-    return float(value)
-
-
 def _check_decay(gamma: Any, owner: str) -> float:
     # A gamma above 1 makes the LR grow without bound; it is almost always 10 typed for 0.1.
-    return _check_float(gamma, "gamma", owner, "a decay factor in (0, 1]", lambda g: 0 < g <= 1)
+    return check_float(gamma, "gamma", "a decay factor in (0, 1]", lambda g: 0 < g <= 1, owner=owner)
 
 
 class Policy(LRScheduler):
@@ -82,8 +74,8 @@ class Policy(LRScheduler):
     ) -> None:
         owner = type(self).__name__
         self.warmup_iters = check_int(warmup_iters, "warmup_iters", minimum=0, owner=owner)
-        self.warmup_start_factor = _check_float(
-            warmup_start_factor, "warmup_start_factor", owner, "a number in [0, 1]", lambda f: 0 <= f <= 1
+        self.warmup_start_factor = check_float(
+            warmup_start_factor, "warmup_start_factor", "a number in [0, 1]", lambda f: 0 <= f <= 1, owner=owner
         )
         if interval not in INTERVALS:
             raise ValueError(f"{owner}: `interval` must be one of {INTERVALS}, got {interval!r}.")
@@ -183,8 +175,8 @@ class Inv(Policy):
         interval: str = "step",
         last_epoch: int = -1,
     ) -> None:
-        self.gamma = _check_float(gamma, "gamma", "Inv", "a number >= 0", lambda g: g >= 0)
-        self.power = _check_float(power, "power", "Inv", "a number >= 0", lambda p: p >= 0)
+        self.gamma = check_float(gamma, "gamma", "a number >= 0", lambda g: g >= 0, owner="Inv")
+        self.power = check_float(power, "power", "a number >= 0", lambda p: p >= 0, owner="Inv")
         super().__init__(
             optimizer,
             warmup_iters=warmup_iters,
@@ -264,7 +256,7 @@ class Poly(Policy):
                 "from the Trainer."
             )
         self.max_iter = check_int(max_iter, "max_iter", owner="Poly")
-        self.power = _check_float(power, "power", "Poly", "a number >= 0", lambda p: p >= 0)
+        self.power = check_float(power, "power", "a number >= 0", lambda p: p >= 0, owner="Poly")
         super().__init__(
             optimizer,
             warmup_iters=warmup_iters,
@@ -296,8 +288,8 @@ class Sigmoid(Policy):
         last_epoch: int = -1,
     ) -> None:
         # 0 would silently halve the LR for the whole run.
-        self.gamma = _check_float(
-            gamma, "gamma", "Sigmoid", "a non-zero number (< 0 decays, > 0 rises)", lambda g: g != 0
+        self.gamma = check_float(
+            gamma, "gamma", "a non-zero number (< 0 decays, > 0 rises)", lambda g: g != 0, owner="Sigmoid"
         )
         self.stepsize = check_int(stepsize, "stepsize", owner="Sigmoid")
         super().__init__(
@@ -339,7 +331,7 @@ class Cyclical(Policy):
         if mode not in CYCLICAL_MODES:
             raise ValueError(f"Cyclical: `mode` must be one of {CYCLICAL_MODES}, got {mode!r}.")
         self.mode = mode
-        self.gamma = _check_float(gamma, "gamma", "Cyclical", "a factor in (0, 1]", lambda g: 0 < g <= 1)
+        self.gamma = check_float(gamma, "gamma", "a factor in (0, 1]", lambda g: 0 < g <= 1, owner="Cyclical")
         self.max_lrs = self._upper_bounds(optimizer, max_lr)
         super().__init__(
             optimizer,
@@ -358,9 +350,9 @@ class Cyclical(Policy):
                 raise ValueError(
                     f"Cyclical: `max_lr` must be one float or one per param group ({len(base_lrs)}), got {max_lr!r}."
                 )
-            bounds = [_check_float(m, "max_lr", "Cyclical", "a number", lambda m: True) for m in max_lr]
+            bounds = [check_float(m, "max_lr", "a number", lambda m: True, owner="Cyclical") for m in max_lr]
         else:
-            top = _check_float(max_lr, "max_lr", "Cyclical", "a number", lambda m: True)
+            top = check_float(max_lr, "max_lr", "a number", lambda m: True, owner="Cyclical")
             # The first group's bound is max_lr itself; the others keep their ratio to their base_lr.
             bounds = [top] + [top * base / base_lrs[0] if base_lrs[0] else top for base in base_lrs[1:]]
         for group, (low, high) in enumerate(zip(base_lrs, bounds, strict=True)):

@@ -29,7 +29,7 @@ from matplotlib.ticker import LogLocator, NullLocator
 from torch import nn
 from typing_extensions import override
 
-from lightning_tricks.arguments import check_int
+from lightning_tricks.arguments import check_float, check_int
 from lightning_tricks.callbacks.lr_batch_scaling import scale_trainer_lr
 from lightning_tricks.callbacks.recipe_check import train_loader
 from lightning_tricks.functional.lr_range import (
@@ -219,8 +219,7 @@ def check_range_arguments(
 ) -> None:
     """Every argument of the sweep, checked before anything runs."""
     for name, value in (("start_lr", start_lr), ("end_lr", end_lr)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-            raise ValueError(f"LRRangeTest: `{name}` must be a finite number >= 0, got {value!r}.")
+        check_float(value, name, "a finite number >= 0", lambda v: v >= 0, owner="LRRangeTest")
     if not end_lr > start_lr:
         raise ValueError(f"LRRangeTest: `end_lr` ({end_lr!r}) must be larger than `start_lr` ({start_lr!r}).")
     if mode not in MODES:

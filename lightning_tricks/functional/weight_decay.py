@@ -16,20 +16,17 @@ parameter shared by two modules (tied weights) appears once, as ``named_paramete
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from typing import Any
 
 from torch import nn
 
+from lightning_tricks.arguments import check_float
+
 
 def check_weight_decay(weight_decay: Any) -> float:
     """``weight_decay`` as a float, or a ``ValueError`` naming the argument, the value and what is allowed."""
-    if isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float)) or not math.isfinite(weight_decay):
-        raise ValueError(f"`weight_decay` must be a finite number >= 0, got {weight_decay!r}.")
-    if weight_decay < 0:
-        raise ValueError(f"`weight_decay` must be a finite number >= 0, got {weight_decay!r}.")
-    return float(weight_decay)
+    return check_float(weight_decay, "weight_decay", "a finite number >= 0", lambda v: v >= 0)
 
 
 def decay_split(module: nn.Module, no_decay: Iterable[str] = ()) -> tuple[list[str], list[str]]:
