@@ -67,3 +67,51 @@ def test_every_task_fits_and_logs_its_metric(dm, tmp_path) -> None:
     (result,) = trainer.test(model, datamodule=dm, verbose=False)
     metric = "test/mae" if dm.task == "regression" else "test/acc"
     assert set(result) == {"test/loss", metric} and torch.isfinite(torch.tensor(result["test/loss"]))
+
+
+# --- CNN: spatial dropout (recipe 4) and a fully connected head ---------------------------------------
+
+
+@pytest.mark.parametrize(("shape", "layer"), [((1, 8, 8), nn.Dropout2d), ((1, 40), nn.Dropout1d)])
+def test_cnn_spatial_dropout_after_every_block_but_the_last(shape, layer) -> None:
+    model = CNN(input_shape=shape, num_outputs=3, channels=(4, 8, 8), spatial_dropout=0.25)
+    kinds = [type(m) for m in model.net]
+    drops = [i for i, k in enumerate(kinds) if k is layer]
+    assert len(drops) == 2 and all(model.net[i].p == 0.25 for i in drops)
+    convs = [i for i, m in enumerate(model.net) if isinstance(m, (nn.Conv1d, nn.Conv2d))]
+    assert [i - 2 for i in drops] == convs[:2]  # right after the first two blocks' ReLU
+    assert not any(isinstance(m, (nn.Dropout2d, nn.Dropout1d)) for m in model.net[convs[-1] :])
+    # channels really are dropped whole in training: a dropped channel is zero at every position
+    torch.manual_seed(0)
+    out = model.net[: drops[0] + 1].train()(torch.randn(16, *shape))
+    flat = out.flatten(2)
+    zero, nonzero = (flat == 0).all(-1), (flat != 0).any(-1)
+    assert zero.any() and (zero | nonzero).all()
+
+
+def test_cnn_without_spatial_dropout_has_no_channel_dropout() -> None:
+    model = CNN(input_shape=(1, 8, 8), num_outputs=3, spatial_dropout=0.0)
+    assert not any(isinstance(m, (nn.Dropout, nn.Dropout1d, nn.Dropout2d)) for m in model.net)
+
+
+@pytest.mark.parametrize("bad", [1.0, -0.1, "0.1", True])
+def test_cnn_bad_spatial_dropout_is_named(bad) -> None:
+    with pytest.raises(ValueError, match=rf"`spatial_dropout` must be in \[0, 1\), got {bad!r}"):
+        CNN(input_shape=(1, 8, 8), num_outputs=3, spatial_dropout=bad)
+
+
+def test_cnn_spatial_dropout_needs_two_blocks() -> None:
+    with pytest.raises(ValueError, match=r"`spatial_dropout` needs at least two conv blocks .*channels=\[8\]"):
+        CNN(input_shape=(1, 8, 8), num_outputs=3, channels=[8], spatial_dropout=0.1)
+
+
+def test_cnn_hidden_sizes_add_a_bigger_head() -> None:
+    small = CNN(input_shape=(1, 8, 8), num_outputs=3)
+    big = CNN(input_shape=(1, 8, 8), num_outputs=3, hidden_sizes=[64, 32], dropout=0.1)
+    linears = [m for m in big.net if isinstance(m, nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(32, 64), (64, 32), (32, 3)]
+    assert sum(isinstance(m, nn.Dropout) for m in big.net) == 3  # before each fully connected layer
+    assert sum(p.numel() for p in big.parameters()) > sum(p.numel() for p in small.parameters())
+    assert big(torch.randn(2, 1, 8, 8)).shape == (2, 3)
+    with pytest.raises(ValueError, match=r"`hidden_sizes` must be an integer >= 1, got 0"):
+        CNN(input_shape=(1, 8, 8), num_outputs=3, hidden_sizes=[0])

@@ -1,5 +1,6 @@
 """Reference DataModules on data that needs no download."""
 
+from lightning_tricks.data.augment import AugmentedCollate, RandomShiftRotate
 from lightning_tricks.data.base import ArrayDataModule
 from lightning_tricks.data.digits import DigitsDataModule
 from lightning_tricks.data.mnist1d import MNIST1DDataModule
@@ -7,8 +8,10 @@ from lightning_tricks.data.synthetic import SyntheticClassificationDataModule, S
 
 __all__ = [
     "ArrayDataModule",
+    "AugmentedCollate",
     "DigitsDataModule",
     "MNIST1DDataModule",
+    "RandomShiftRotate",
     "SyntheticClassificationDataModule",
     "SyntheticRegressionDataModule",
 ]

@@ -9,6 +9,7 @@ from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_tricks.arguments import check_int
+from lightning_tricks.data.augment import Augmentation, AugmentedCollate, check_augmentation
 from lightning_tricks.protocol import check_task
 
 
@@ -20,6 +21,11 @@ class ArrayDataModule(pl.LightningDataModule):
     run. Inputs are standardised with statistics of the training split only
     (no information leaks from val/test); regression targets are left as they
     are, so their real mean and scale reach the model (recipe 2.5).
+
+    ``augmentation`` (None: off) is applied to each *training* batch only (recipe 4), in the
+    train loader's ``collate_fn`` (:class:`~lightning_tricks.data.augment.AugmentedCollate`), so
+    it runs in the loader workers and draws from their seeded RNG; val/test batches are the data
+    as it is. It acts on the standardised inputs.
 
     Subclasses implement :meth:`load_arrays` and set ``input_shape``, ``task``
     and ``num_classes`` (None for regression) in ``__init__``.
@@ -38,6 +44,7 @@ class ArrayDataModule(pl.LightningDataModule):
         seed: int = 42,
         shuffle: bool = True,
         normalize: bool = True,
+        augmentation: Augmentation | None = None,
     ) -> None:
         super().__init__()
         self.batch_size = check_int(batch_size, "batch_size")
@@ -55,6 +62,8 @@ class ArrayDataModule(pl.LightningDataModule):
         self.seed = seed
         self.shuffle = shuffle
         self.normalize = normalize
+        # Type-checked now; checked against the input shape in `setup` (a subclass may set it late).
+        self.augmentation = check_augmentation(augmentation, (), type(self).__name__, try_on_batch=False)
         self.datasets: dict[str, TensorDataset] = {}
 
     @property
@@ -97,6 +106,7 @@ class ArrayDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
+        check_augmentation(self.augmentation, self.input_shape, type(self).__name__)
         x, y = self.load_arrays()
         try:
             splits = self._split(np.asarray(x, dtype=np.float32), np.asarray(y))
@@ -120,14 +130,16 @@ class ArrayDataModule(pl.LightningDataModule):
             for k, v in splits.items()
         }
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def _loader(self, split: str, shuffle: bool, augment: bool = False) -> DataLoader:
         if not self.datasets:
             self.setup()
+        collate = AugmentedCollate(self.augmentation) if augment and self.augmentation is not None else None
         return DataLoader(
             self.datasets[split],
             batch_size=self.batch_size,
             shuffle=shuffle,
             num_workers=self.num_workers,
+            collate_fn=collate,
             # Not persistent: a persistent loader draws its workers' base seed once per fit, so a resumed
             # run (new workers) would consume one more draw than an uninterrupted one and shuffle
             # differently; fresh workers per epoch keep SeedEverything's resume exact.
@@ -136,7 +148,8 @@ class ArrayDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         # Recipe 3.5: a fresh order every epoch (the sampler reshuffles on each pass).
-        return self._loader("train", self.shuffle)
+        # Recipe 4: augmentation on the training split only.
+        return self._loader("train", self.shuffle, augment=True)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", False)
