@@ -23,6 +23,7 @@ _EXPORTS = {
     "OverfitBatchCheck": "lightning_tricks.callbacks",
     "InputIndependentBaseline": "lightning_tricks.callbacks",
     "LastLayerBiasInit": "lightning_tricks.callbacks",
+    "OptunaPruning": "lightning_tricks.callbacks",
     "LRRangeTest": "lightning_tricks.callbacks",
     "LRBatchScaling": "lightning_tricks.callbacks",
     "BatchSizeSchedule": "lightning_tricks.callbacks",
@@ -32,6 +33,7 @@ _EXPORTS = {
     "schedules": "lightning_tricks.schedules",
     "lr_range_test": "lightning_tricks.callbacks.lr_range_test",
     "ShuffleCheck": "lightning_tricks.callbacks",
+    "TestTimeAugmentation": "lightning_tricks.callbacks",
     "TrainingHealthCheck": "lightning_tricks.callbacks",
     "VisualizeBatch": "lightning_tricks.callbacks",
     "RecipeCheckError": "lightning_tricks.callbacks",
@@ -46,16 +48,22 @@ _EXPORTS = {
     "log_image": "lightning_tricks.media",
     "log_scalars": "lightning_tricks.media",
     "log_table": "lightning_tricks.media",
+    "CheckpointEnsemble": "lightning_tricks.callbacks",
+    "EnsembleReport": "lightning_tricks.ensemble",
+    "CheckpointError": "lightning_tricks.ensemble",
 }
 
 __all__ = [
     "ActivationStats",
     "AdapterError",
     "BatchSizeSchedule",
+    "CheckpointEnsemble",
+    "CheckpointError",
     "DataInspection",
     "DataReport",
     "DropoutBatchNormLint",
     "EarlyStopping",
+    "EnsembleReport",
     "FirstLayerFilters",
     "FullDatasetLoss",
     "GradientDependencyProbe",
@@ -66,12 +74,14 @@ __all__ = [
     "LRRangeTest",
     "LastLayerBiasInit",
     "ModelAdapter",
+    "OptunaPruning",
     "OverfitBatchCheck",
     "PredictionDynamics",
     "PreflightReport",
     "RecipeCheckError",
     "SeedEverything",
     "ShuffleCheck",
+    "TestTimeAugmentation",
     "TrainingHealthCheck",
     "TrickModule",
     "VisualizeBatch",
@@ -91,6 +101,7 @@ if TYPE_CHECKING:
     from lightning_tricks.callbacks import (
         ActivationStats,
         BatchSizeSchedule,
+        CheckpointEnsemble,
         DataInspection,
         DropoutBatchNormLint,
         EarlyStopping,
@@ -103,15 +114,18 @@ if TYPE_CHECKING:
         LastLayerBiasInit,
         LRBatchScaling,
         LRRangeTest,
+        OptunaPruning,
         OverfitBatchCheck,
         PredictionDynamics,
         RecipeCheckError,
         SeedEverything,
         ShuffleCheck,
+        TestTimeAugmentation,
         TrainingHealthCheck,
         VisualizeBatch,
     )
     from lightning_tricks.callbacks.lr_range_test import lr_range_test
+    from lightning_tricks.ensemble import CheckpointError, EnsembleReport
     from lightning_tricks.inspection import inspect_data
     from lightning_tricks.inspection_report import DataReport
     from lightning_tricks.media import log_image, log_scalars, log_table

@@ -12,6 +12,8 @@ COMMANDS = {
     "preflight": ("lightning_tricks.preflight", "run the recipe's before-you-train checks; exit 1 if any fails"),
     "inspect": ("lightning_tricks.inspect_cli", "look at the data: balance, duplicates, leakage, NaN, outliers"),
     "lr-find": ("lightning_tricks.lr_find", "LR range test on the configured model and data; prints the suggestion"),
+    "tune": ("lightning_tricks.tune", "hyper-parameter search on Optuna (random/QMC/TPE/grid), resumable, parallel"),
+    "ensemble": ("lightning_tricks.ensemble_cli", "average several checkpoints' predictions; ensemble vs each member"),
 }
 
 # Lightning's DDP launcher starts ranks 1..N-1 by re-running `sys.argv` with Hydra's overrides

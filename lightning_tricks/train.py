@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,7 @@ import lightning.pytorch as pl
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import Logger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_tricks.functional.seed import check_seed
@@ -108,5 +111,9 @@ def train(cfg: DictConfig) -> RunSummary:
 def main(cfg: DictConfig) -> float | None:
     summary = train(cfg)
     summary.print()
+    # `lightning-tricks tune` runs multi-process (DDP) trials as this command and reads the result here.
+    result_file = os.environ.get("LIGHTNING_TRICKS_RESULT_FILE")
+    if result_file and rank_zero_only.rank == 0:
+        Path(result_file).write_text(json.dumps(summary.metrics))
     # Returned for Hydra sweepers (e.g. Optuna) that optimise the run's result.
     return summary.metrics.get("val/loss")

@@ -48,7 +48,7 @@ def test_help_lists_commands_and_config_groups(tmp_path: Path) -> None:
     assert "trainer: cpu, ddp, ddp_cpu, gpu" in train and "logger: csv, none, tensorboard, wandb" in train
     assert "scheduler: cyclical, exp, fixed, inv, multistep, none, poly, sigmoid, step" in train
     bad = cli("tarin", cwd=tmp_path)
-    choices = "['inspect', 'lr-find', 'preflight', 'train']"
+    choices = "['ensemble', 'inspect', 'lr-find', 'preflight', 'train', 'tune']"
     assert bad.returncode == 2 and f"unknown command 'tarin'; choose one of {choices}" in bad.stderr
 
 

@@ -2,6 +2,7 @@
 
 from lightning_tricks.callbacks.activation_stats import ActivationStats
 from lightning_tricks.callbacks.batch_size_schedule import BatchSizeSchedule
+from lightning_tricks.callbacks.checkpoint_ensemble import CheckpointEnsemble
 from lightning_tricks.callbacks.data_inspection import DataInspection
 from lightning_tricks.callbacks.dropout_batchnorm_lint import DropoutBatchNormLint
 from lightning_tricks.callbacks.early_stopping import EarlyStopping
@@ -14,11 +15,13 @@ from lightning_tricks.callbacks.input_independent_baseline import InputIndepende
 from lightning_tricks.callbacks.last_layer_bias_init import LastLayerBiasInit
 from lightning_tricks.callbacks.lr_batch_scaling import LRBatchScaling
 from lightning_tricks.callbacks.lr_range_test import LRRangeTest
+from lightning_tricks.callbacks.optuna_pruning import OptunaPruning
 from lightning_tricks.callbacks.overfit_batch_check import OverfitBatchCheck
 from lightning_tricks.callbacks.prediction_dynamics import PredictionDynamics
 from lightning_tricks.callbacks.recipe_check import CheckResult, RecipeCheck, RecipeCheckError
 from lightning_tricks.callbacks.seed_everything import SeedEverything
 from lightning_tricks.callbacks.shuffle_check import ShuffleCheck
+from lightning_tricks.callbacks.test_time_augmentation import TestTimeAugmentation
 from lightning_tricks.callbacks.training_health_check import TrainingHealthCheck
 from lightning_tricks.callbacks.visualize_batch import VisualizeBatch
 
@@ -26,6 +29,7 @@ __all__ = [
     "ActivationStats",
     "BatchSizeSchedule",
     "CheckResult",
+    "CheckpointEnsemble",
     "DataInspection",
     "DropoutBatchNormLint",
     "EarlyStopping",
@@ -38,12 +42,14 @@ __all__ = [
     "LRBatchScaling",
     "LRRangeTest",
     "LastLayerBiasInit",
+    "OptunaPruning",
     "OverfitBatchCheck",
     "PredictionDynamics",
     "RecipeCheck",
     "RecipeCheckError",
     "SeedEverything",
     "ShuffleCheck",
+    "TestTimeAugmentation",
     "TrainingHealthCheck",
     "VisualizeBatch",
 ]
