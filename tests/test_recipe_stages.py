@@ -78,19 +78,31 @@ def test_skeleton_overfit_regularize_on_digits(model: str, compose_train, monkey
     assert lint.result is not None and lint.result.passed  # our models put no Dropout before a BatchNorm
     assert cfg.data.augmentation._target_ == "lightning_tricks.data.RandomShiftRotate"
 
+    # full: regularize, plus TTA and a top-3 checkpoint ensemble reported on the test set
+    _, summary, full = run(compose_train, monkeypatch, "recipe=full", f"model={model}", "trainer.max_epochs=4")
+    assert size(full["model"]) == size(regularize["model"])
+    assert isinstance(full["datamodule"].augmentation, RandomShiftRotate)
+    names = {type(cb).__name__ for cb in full["trainer"].callbacks}
+    assert {"EarlyStopping", "TestTimeAugmentation", "CheckpointEnsemble"} <= names
+    metrics = summary.metrics
+    assert 0 <= metrics["tricks/tta/test_acc"] <= 1 and 0 <= metrics["tricks/tta/test_acc_no_tta"] <= 1
+    assert metrics["test/ensemble_members"] == 3  # save_top_k=3 over 4 epochs
+    gain = metrics["test/ensemble_acc"] - metrics["test/ensemble_best_member_acc"]
+    assert metrics["test/ensemble_gain_acc"] == pytest.approx(gain, abs=1e-6)
 
-@pytest.mark.parametrize("stage", ["skeleton", "overfit", "regularize"])
+
+@pytest.mark.parametrize("stage", ["skeleton", "overfit", "regularize", "full"])
 @pytest.mark.parametrize("model", ["mlp", "cnn"])
 def test_every_stage_composes_for_both_reference_models(stage: str, model: str, compose_train) -> None:
     from lightning_tricks.train import build_data_and_model
 
     cfg = compose_train(f"recipe={stage}", f"model={model}", "data=mnist1d", "data.num_samples=200")
     datamodule, built = build_data_and_model(cfg)
-    assert (datamodule.augmentation is not None) == (stage == "regularize")
+    assert (datamodule.augmentation is not None) == (stage in ("regularize", "full"))
     assert built(torch.randn(2, *datamodule.input_shape)).shape == (2, 10)
     assert built.hparams.hidden_sizes == ([512, 256] if stage != "skeleton" else [128, 64] if model == "mlp" else [])
-    assert set(dropouts(built)) == ({0.2} if stage == "regularize" else set())
-    assert built.weight_decay == (0.05 if stage == "regularize" else None)
+    assert set(dropouts(built)) == ({0.2} if stage in ("regularize", "full") else set())
+    assert built.weight_decay == (0.05 if stage in ("regularize", "full") else None)
 
 
 def test_command_line_wins_over_a_stage(compose_train) -> None:
