@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from functools import partial
 from pathlib import Path
 
@@ -170,3 +171,28 @@ def test_init_loss_expectation_follows_a_bias_set_from_the_data(tmp_path: Path, 
         assert check.result.expected == pytest.approx(-(p * np.log(p) + (1 - p) * np.log(1 - p)), abs=0.1)
     else:
         assert check.result.measured == pytest.approx(np.log(2), abs=1e-6) == check.result.expected
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_shuffle_check_is_not_fooled_by_augmentation(shuffle: bool) -> None:
+    """Random shifts make every epoch's batches differ; only a shuffling sampler may pass."""
+    from lightning_tricks.data import RandomShiftRotate
+
+    dm = DigitsDataModule(seed=0, shuffle=shuffle, augmentation=RandomShiftRotate(max_shift=1, max_degrees=10.0))
+    check = ShuffleCheck(on_failure="warn")
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        callbacks=[check],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_train_batches=2,
+        limit_val_batches=0,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(MLP(dm.input_shape, dm.num_outputs), datamodule=dm)
+    assert check.result.passed is shuffle
+    assert check.result.details["order_repeats"] is (not shuffle)

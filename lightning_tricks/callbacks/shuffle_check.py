@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 
 import lightning.pytorch as pl
 import torch
@@ -23,6 +24,10 @@ class ShuffleCheck(RecipeCheck):
     next two epochs would see it: ``set_epoch`` is called on samplers that have it), compares them,
     and looks at the labels: a loader that repeats its order fails; so does one whose labels come
     sorted (monotone over those batches), even if it changes order between epochs.
+
+    The order is compared as the batch sampler's sample indices where the loader has one (any
+    map-style data set), and as fingerprints of the batches otherwise: random augmentation makes the
+    batches of an unshuffled loader differ every epoch, and must not pass for shuffling.
     """
 
     name = "shuffle"
@@ -40,10 +45,22 @@ class ShuffleCheck(RecipeCheck):
         super().__init__(on_failure, run_on_resume, split_batch, loss_fn, output_layer, task)
         self.num_batches = check_int(num_batches, "num_batches", minimum=2, owner="ShuffleCheck")
 
-    def _pass(self, loader, pl_module, epoch: int) -> tuple[list[str], list[torch.Tensor]]:
+    @staticmethod
+    def _set_epoch(loader, epoch: int) -> None:
         for sampler in (getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None)):
             if hasattr(sampler, "set_epoch"):
                 sampler.set_epoch(epoch)
+
+    def _indices(self, loader, epoch: int) -> list[list[int]] | None:
+        """The first batches' sample indices as the batch sampler would give them in ``epoch`` (None: no sampler)."""
+        batch_sampler = getattr(loader, "batch_sampler", None)
+        if batch_sampler is None:
+            return None
+        self._set_epoch(loader, epoch)
+        return [[int(i) for i in batch] for batch in itertools.islice(batch_sampler, self.num_batches)]
+
+    def _pass(self, loader, pl_module, epoch: int) -> tuple[list[str], list[torch.Tensor]]:
+        self._set_epoch(loader, epoch)
         prints, labels = [], []
         for batch in loader:
             inputs, targets = self.adapter.inputs_targets(pl_module, batch)
@@ -63,10 +80,13 @@ class ShuffleCheck(RecipeCheck):
         with isolate_rng():
             first, labels = self._pass(loader, pl_module, trainer.current_epoch)
             second, _ = self._pass(loader, pl_module, trainer.current_epoch + 1)
+        with isolate_rng():
+            first_indices = self._indices(loader, trainer.current_epoch)
+            second_indices = self._indices(loader, trainer.current_epoch + 1)
         for s in samplers:
             if epochs[id(s)] is not None:
                 s.epoch = epochs[id(s)]
-        repeated = first == second
+        repeated = first == second if first_indices is None else first_indices == second_indices
         sorted_by_label = False
         if labels and all(isinstance(y, torch.Tensor) and y.ndim == 1 for y in labels):
             y = torch.cat(labels).float()
