@@ -53,6 +53,14 @@ from lightning_tricks.functional.search_space import (
     suggest,
     value_from_unit,
 )
+from lightning_tricks.tune_report import (  # noqa: F401 (the report's names, importable from here too)
+    _log_to_wandb,
+    _print_table,
+    best_trial_summary,
+    save_plots,
+    state_counts,
+    write_report,
+)
 
 log = logging.getLogger(__name__)
 
@@ -279,7 +287,9 @@ def make_storage(url: str | None, heartbeat_interval: int = 10, grace_period: in
                     heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3),
                 )
         except Exception as error:  # two workers creating the tables of a new database at the same moment
-            if attempt == 4 or ("already exists" not in str(error).lower() and "locked" not in str(error).lower()):
+            if attempt == 4 or not any(
+                m in str(error).lower() for m in ("already exists", "locked", "unique constraint")
+            ):
                 raise
             time.sleep(0.5 * (attempt + 1))
     raise AssertionError("unreachable")
@@ -472,6 +482,29 @@ def _on_gpu() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_initialized()
 
 
+class SurplusTrial(RuntimeError):
+    """Another worker started a trial at the same moment and the budget was already full."""
+
+
+def _within_budget(study: optuna.Study, objective: Any, n_trials: int) -> Any:
+    """``objective``, run only if the trials numbered before this one leave room in the budget.
+
+    Checking the count and creating a trial are two steps, so two workers can both see ``n - 1`` and
+    both start one. Trial numbers are unique and ordered, so the later of the two sees the earlier
+    among its predecessors and stops before training. It ends FAIL without a ``failure`` attribute,
+    so :func:`counted` does not count it.
+    """
+
+    def guarded(trial: optuna.Trial) -> float:
+        earlier = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number]
+        if counted(earlier) >= n_trials:
+            trial.set_user_attr("surplus", True)
+            raise SurplusTrial(f"trial {trial.number}: the study already has {n_trials} trials; not run")
+        return objective(trial)
+
+    return guarded
+
+
 def run_worker(
     study: optuna.Study,
     objective: Any,
@@ -496,7 +529,9 @@ def run_worker(
             if timeout is not None and time.monotonic() - start > timeout:
                 log.info("tune: timeout after %.0f s; %d trials counted", time.monotonic() - start, counted(trials))
                 return
-            study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=_on_gpu())
+            study.optimize(
+                _within_budget(study, objective, n_trials), n_trials=1, catch=(Exception,), gc_after_trial=_on_gpu()
+            )
             continue
         if not shared or not any(t.state == TrialState.RUNNING for t in trials):
             return
@@ -557,147 +592,6 @@ def tune(cfg: DictConfig, overrides: Sequence[str] | None = None) -> optuna.Stud
     run_worker(study, objective, n_trials, timeout=t.timeout, poll=poll, shared=storage is not None)
     write_report(study, run_dir, objective, train_cfg)
     return study
-
-
-# --------------------------------------------------------------------------------------------- report
-def best_trial_summary(study: optuna.Study, objective: TrialObjective) -> dict[str, Any] | None:
-    """The best complete trial: value, config values, overrides and the command line that reruns it."""
-    complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
-    if not complete:
-        return None
-    best = study.best_trial
-    by_key = {s.key: s for s in objective.specs}
-    params = {k: by_key[k].decode(v) if k in by_key else v for k, v in best.params.items()}
-    overrides = best.user_attrs.get("overrides") or objective.overrides(params)
-    return {
-        "study": study.study_name,
-        "trial": best.number,
-        "metric": objective.metric,
-        "direction": study.direction.name.lower(),
-        "value": best.value,
-        "params": params,
-        "overrides": [*objective.base_overrides, *overrides],
-        "command": objective.command(overrides),
-        "trial_dir": str(objective.trial_dir(best.number)),
-    }
-
-
-def state_counts(study: optuna.Study) -> dict[str, int]:
-    counts = {state.name.lower(): 0 for state in TrialState}
-    for trial in study.get_trials(deepcopy=False):
-        counts[trial.state.name.lower()] += 1
-    return counts
-
-
-def save_plots(study: optuna.Study, run_dir: Path) -> dict[str, Path]:
-    """Optuna's matplotlib plots as PNG files; a plot that cannot be drawn yet is skipped with a message."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-    from optuna.visualization import matplotlib as vis
-
-    complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
-    plots = {
-        "optimization_history": (vis.plot_optimization_history, 1),
-        "parallel_coordinate": (vis.plot_parallel_coordinate, 1),
-        "param_importances": (vis.plot_param_importances, 2),
-        "intermediate_values": (vis.plot_intermediate_values, 1),
-    }
-    saved = {}
-    for name, (plot, needed) in plots.items():
-        if len(complete) < needed:
-            log.info("tune: %s needs %d complete trials, have %d; skipped", name, needed, len(complete))
-            continue
-        if name == "intermediate_values" and not any(t.intermediate_values for t in study.trials):
-            continue
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                ax = plot(study)
-            figure = (ax.flat[0] if isinstance(ax, np.ndarray) else ax).figure
-            path = run_dir / f"tune_{name}.png"
-            figure.savefig(path, bbox_inches="tight", dpi=100)
-            plt.close(figure)
-            saved[name] = path
-        except Exception as error:  # e.g. importances of a parameter that never varied
-            log.info("tune: %s skipped: %s", name, error)
-    return saved
-
-
-def write_report(study: optuna.Study, run_dir: Path, objective: TrialObjective, train_cfg: DictConfig) -> dict:
-    """``trials.csv``, ``best.json``, the plots (also to a W&B summary run when W&B is the logger), a table."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    frame = study.trials_dataframe(attrs=("number", "value", "state", "duration", "params", "user_attrs"))
-    frame.to_csv(run_dir / "trials.csv", index=False)
-    best = best_trial_summary(study, objective)
-    counts = state_counts(study)
-    report = {"best": best, "counts": counts, "storage_study": study.study_name}
-    (run_dir / "best.json").write_text(json.dumps({**(best or {}), "counts": counts}, indent=2, default=str))
-    plots = save_plots(study, run_dir)
-    _log_to_wandb(study, train_cfg, plots, frame, best)
-    _print_table(study, objective, best, counts, run_dir)
-    return report
-
-
-def _log_to_wandb(study: optuna.Study, train_cfg: DictConfig, plots: dict, frame: Any, best: dict | None) -> None:
-    loggers = train_cfg.get("logger")
-    nodes = [loggers] if loggers and "_target_" in loggers else list((loggers or {}).values())
-    node = next((n for n in nodes if n is not None and str(n.get("_target_", "")).endswith("WandbLogger")), None)
-    if node is None:
-        return
-    import wandb
-
-    node = OmegaConf.to_container(node, resolve=True)
-    run = wandb.init(
-        project=node.get("project"),
-        group=study.study_name,
-        name=f"{study.study_name}-summary",
-        job_type="tune-summary",
-        dir=str(Path(train_cfg.paths.output_dir)),
-        mode="offline" if node.get("offline", False) else None,
-        config={"best": best},
-        reinit="finish_previous",
-    )
-    try:
-        run.log({f"tune/{name}": wandb.Image(str(path)) for name, path in plots.items()})
-        run.log({"tune/trials": wandb.Table(dataframe=frame.astype(str))})
-        if best is not None:
-            run.summary.update({"best_value": best["value"], "best_trial": best["trial"], "command": best["command"]})
-    finally:
-        run.finish()
-
-
-def _print_table(
-    study: optuna.Study, objective: TrialObjective, best: dict | None, counts: dict[str, int], run_dir: Path
-) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    keys = [s.key for s in objective.specs]
-    table = Table(
-        title=f"lightning-tricks tune: study {study.study_name!r} ({objective.metric}, {study.direction.name.lower()})"
-    )
-    short = [k.rsplit(".", 1)[-1] for k in keys]
-    headers = short if len(set(short)) == len(short) else keys
-    for column in ("trial", "state", objective.metric, *headers):
-        table.add_column(column, justify="left" if column == "state" else "right", no_wrap=True)
-    trials = study.get_trials(deepcopy=False)
-    sign = 1 if study.direction == optuna.study.StudyDirection.MINIMIZE else -1
-    ranked = sorted(trials, key=lambda t: (t.value is None, sign * (t.value or 0.0)))
-    by_key = {s.key: s for s in objective.specs}
-    for trial in ranked[:15]:
-        values = [by_key[k].decode(trial.params[k]) if k in trial.params else "" for k in keys]
-        shown = [f"{v:.4g}" if isinstance(v, float) else str(v) for v in values]
-        value = "" if trial.value is None else f"{trial.value:.4f}"
-        table.add_row(str(trial.number), trial.state.name.lower(), value, *shown)
-    console = Console(soft_wrap=True)
-    console.print(table)
-    console.print(", ".join(f"{n} {state}" for state, n in counts.items() if n))
-    if best is not None:
-        console.print(f"best         trial {best['trial']}: {objective.metric} = {best['value']:.6g}")
-        console.print(f"reproduce    {best['command']}")
-    console.print(f"results      {run_dir} (best.json, trials.csv, tune_*.png, trials/)")
 
 
 def _absolute_sqlite(url: str) -> str:
