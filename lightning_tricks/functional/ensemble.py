@@ -23,20 +23,24 @@ tensor([[0.5000, 0.5000]])
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
+# The same averaging and metric naming as test-time augmentation (an ensemble over views).
+from lightning_tricks.functional.tta import log_mean_exp, metric_name
 from lightning_tricks.protocol import check_task
 
-#: Name of the per-sample metric of each task (what ``batch_sums`` adds up in its second column).
-METRIC_NAMES = {"multiclass": "acc", "binary": "acc", "multilabel": "acc", "regression": "mae"}
-
-
-def metric_name(task: str) -> str:
-    """``"acc"`` for classification, ``"mae"`` for regression."""
-    return METRIC_NAMES[check_task(task)]
+__all__ = [
+    "batch_sums",
+    "ensemble_predictions",
+    "higher_is_better",
+    "member_predictions",
+    "metric_name",
+    "metrics_from_sums",
+    "probabilities",
+    "sample_losses",
+    "sample_scores",
+]
 
 
 def higher_is_better(task: str) -> bool:
@@ -63,7 +67,7 @@ def ensemble_predictions(member_preds: torch.Tensor, task: str) -> torch.Tensor:
     """The ensemble's prediction from ``member_predictions`` stacked on dim 0: the mean probability (or output)."""
     if check_task(task) == "regression":
         return member_preds.mean(0)
-    return torch.logsumexp(member_preds, dim=0) - math.log(len(member_preds))
+    return log_mean_exp(member_preds)
 
 
 def probabilities(preds: torch.Tensor, task: str) -> torch.Tensor:

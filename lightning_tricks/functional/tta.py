@@ -151,9 +151,13 @@ def parse_views(specs: Any, argument: str = "views", owner: str = "") -> list[Vi
     return views
 
 
-def _log_mean_exp(log_values: Sequence[torch.Tensor]) -> torch.Tensor:
-    """``log(mean_k exp(v_k))``, elementwise and stable."""
-    return torch.logsumexp(torch.stack(list(log_values)), dim=0) - math.log(len(log_values))
+def log_mean_exp(log_values: torch.Tensor) -> torch.Tensor:
+    """``log(mean_k exp(v_k))`` over dim 0, elementwise and stable: the log of a mean probability.
+
+    Shared by TTA (over views) and ensembles (over members), so a confident view or member whose
+    other probabilities underflow to 0 cannot zero the average.
+    """
+    return torch.logsumexp(log_values, dim=0) - math.log(len(log_values))
 
 
 def combine_outputs(outputs: Sequence[torch.Tensor], task: str) -> torch.Tensor:
@@ -172,9 +176,10 @@ def combine_outputs(outputs: Sequence[torch.Tensor], task: str) -> torch.Tensor:
         return torch.stack(outputs).mean(0)
     wide = [o.double() for o in outputs]  # exact-ish averaging; the result goes back to the model's dtype
     if task == "multiclass":
-        combined = _log_mean_exp([F.log_softmax(o, dim=-1) for o in wide])
+        combined = log_mean_exp(F.log_softmax(torch.stack(wide), dim=-1))
     else:
-        combined = _log_mean_exp([F.logsigmoid(o) for o in wide]) - _log_mean_exp([F.logsigmoid(-o) for o in wide])
+        stacked = torch.stack(wide)
+        combined = log_mean_exp(F.logsigmoid(stacked)) - log_mean_exp(F.logsigmoid(-stacked))
     return combined.to(outputs[0].dtype)
 
 
