@@ -20,22 +20,12 @@ from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
 from lightning_tricks.arguments import check_int
+from lightning_tricks.functional.sample_losses import correct_predictions
 from lightning_tricks.isolation import evaluating
 from lightning_tricks.protocol import ModelAdapter
 from lightning_tricks.sharding import shard
 
 SPLITS = ("train", "val", "test")
-
-
-def correct_predictions(task: str, outputs: torch.Tensor, targets: torch.Tensor) -> int | None:
-    """Number of right predictions in a batch (None for regression)."""
-    if task == "multiclass":
-        return int((outputs.argmax(-1) == targets).sum())
-    if task == "binary":
-        return int(((outputs.reshape(targets.shape) > 0) == (targets > 0.5)).sum())
-    if task == "multilabel":
-        return int(((outputs > 0) == (targets > 0.5)).all(-1).sum())
-    return None
 
 
 class FullDatasetLoss(Callback):

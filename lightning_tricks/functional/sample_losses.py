@@ -29,6 +29,17 @@ def _binary_logits(outputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.
     return outputs.float().reshape(len(outputs)), targets.float().reshape(len(targets))
 
 
+def correct_predictions(task: str, outputs: torch.Tensor, targets: torch.Tensor) -> int | None:
+    """Number of right predictions in a batch (None for regression): argmax; logit > 0; all labels right."""
+    if task == "multiclass":
+        return int((outputs.argmax(-1) == targets).sum())
+    if task == "binary":
+        return int(((outputs.reshape(targets.shape) > 0) == (targets > 0.5)).sum())
+    if task == "multilabel":
+        return int(((outputs > 0) == (targets > 0.5)).all(-1).sum())
+    return None
+
+
 def per_sample_loss(task: str, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """The loss of each sample, shape ``(N,)``: the terms whose batch mean is the usual training loss.
 

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from lightning_tricks.functional.augment import hflip, rotate, shift
+from lightning_tricks.functional.sample_losses import correct_predictions
 from lightning_tricks.protocol import check_task
 
 VIEW_KINDS = ("identity", "hflip", "shift", "rotate")
@@ -210,15 +211,12 @@ def metric_name(task: str) -> str:
 def metric_sum(task: str, outputs: torch.Tensor, targets: torch.Tensor) -> float:
     """Sum over the batch of the per-sample metric: right predictions, or absolute errors for regression.
 
-    Decisions are those of ``FullDatasetLoss``: argmax; logit > 0; all labels right (multilabel).
+    Right is :func:`~lightning_tricks.functional.sample_losses.correct_predictions`, as in ``FullDatasetLoss``.
     A regression sample's error is the mean absolute error over its outputs.
     """
-    if task == "multiclass":
-        return float((outputs.argmax(-1) == targets).sum())
-    if task == "binary":
-        return float(((outputs.reshape(targets.shape) > 0) == (targets > 0.5)).sum())
-    if task == "multilabel":
-        return float(((outputs > 0) == (targets > 0.5)).all(-1).sum())
+    correct = correct_predictions(task, outputs, targets)
+    if correct is not None:
+        return float(correct)
     if outputs.numel() != targets.numel():
         raise ValueError(f"metric_sum: outputs {tuple(outputs.shape)} do not match targets {tuple(targets.shape)}.")
     errors = (outputs.reshape(targets.shape).double() - targets.double()).abs()
