@@ -11,6 +11,7 @@ from torch import nn
 
 from lightning_tricks.arguments import check_int
 from lightning_tricks.callbacks.recipe_check import CheckResult, RecipeCheck, shared_batches
+from lightning_tricks.functional.sample_losses import correct_predictions
 from lightning_tricks.isolation import fresh_optimizer, preserved
 from lightning_tricks.plots import loss_curve
 
@@ -38,13 +39,8 @@ def train_without_dropout(module: nn.Module) -> None:
 
 def fits_exactly(task: str, outputs: torch.Tensor, targets: torch.Tensor) -> bool | None:
     """Whether every prediction is right (None for regression, where the loss alone decides)."""
-    if task == "multiclass":
-        return bool((outputs.argmax(-1) == targets).all())
-    if task == "binary":
-        return bool(((outputs.reshape(targets.shape) > 0) == (targets > 0.5)).all())
-    if task == "multilabel":
-        return bool(((outputs > 0) == (targets > 0.5)).all())
-    return None
+    correct = correct_predictions(task, outputs, targets)
+    return None if correct is None else correct == len(targets)
 
 
 class OverfitBatchCheck(RecipeCheck):
