@@ -16,7 +16,7 @@ import torch
 
 from lightning_tricks.data import DigitsDataModule
 from lightning_tricks.models import MLP
-from lightning_tricks.plots import loss_curve
+from lightning_tricks.utilities.plots import loss_curve
 
 
 class DigitsZeroVsRest(DigitsDataModule):

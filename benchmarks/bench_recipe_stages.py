@@ -2,7 +2,7 @@
 
 What. For each data set (the digits CNN, the MNIST-1D CNN) and each seed, the real Hydra config
 (``conf/train.yaml``, composed as the tests do) is trained with ``model=cnn`` and
-``recipe=skeleton``, ``overfit``, ``regularize`` and ``full`` through ``lightning_tricks.train.train``
+``recipe=skeleton``, ``overfit``, ``regularize`` and ``full`` through ``lightning_tricks.commands.train.train``
 (so every stage's callbacks run: preflight checks, full-set val loss, checkpoints, early stopping in
 regularize/full, ...), evaluated on the best checkpoint by val loss (``eval_ckpt=best``). The split
 is fixed (``data.seed=0``): every stage and seed sees the same train/val/test sets; ``seed`` varies
@@ -13,7 +13,7 @@ the initial weights, shuffling, dropout and augmentation. Reported, mean ± samp
   the same checkpoint without it, with the per-seed difference;
 * the ``full`` stage's ensemble of its top-3 checkpoints vs its best member (``test/ensemble_*``);
 * a seed ensemble: the ``regularize`` stage's best checkpoints of ``--ensemble-seeds`` seeds (the
-  ones above plus more if needed), averaged with ``lightning_tricks.ensemble.evaluate_checkpoints``
+  ones above plus more if needed), averaged with ``lightning_tricks.ensembling.evaluate_checkpoints``
   on the shared test set, vs its best member and the members' mean.
 
 Baseline. The previous stage (skeleton: the small CNN without a fully connected head; overfit: the
@@ -86,7 +86,7 @@ class EpochCounter(Callback):
 
 
 def run_stage(data: str, stage: str, seed: int, root: Path, args: argparse.Namespace) -> dict:
-    from lightning_tricks import train as train_module
+    from lightning_tricks.commands import train as train_module
 
     build, counter = train_module.build, EpochCounter()
 
@@ -107,8 +107,8 @@ def run_stage(data: str, stage: str, seed: int, root: Path, args: argparse.Names
 
 
 def seed_ensemble(data: str, paths: list[str], root: Path, args: argparse.Namespace):
-    from lightning_tricks.ensemble import evaluate_checkpoints
-    from lightning_tricks.train import build_data_and_model
+    from lightning_tricks.commands.train import build_data_and_model
+    from lightning_tricks.ensembling import evaluate_checkpoints
 
     cfg = compose(data, "regularize", 0, root / data / "ensemble", args)
     datamodule, template = build_data_and_model(cfg)

@@ -52,8 +52,8 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
-import lightning_tricks.train as train_module
-import lightning_tricks.tune as tune_module
+import lightning_tricks.commands.tune as tune_module
+import lightning_tricks.tuning.study as study_module
 
 PARAMS = {
     "model.optimizer.lr": {"type": "float", "low": 1e-4, "high": 1.0, "log": True},
@@ -82,7 +82,7 @@ class Clock:
 
     @contextlib.contextmanager
     def installed(self):
-        train, call, report = train_module.train, tune_module.TrialObjective.__call__, tune_module.write_report
+        train, call, report = tune_module.train, study_module.TrialObjective.__call__, tune_module.write_report
 
         def timed_train(cfg):
             start = time.perf_counter()
@@ -106,14 +106,14 @@ class Clock:
             finally:
                 self.report += time.perf_counter() - start
 
-        train_module.train = timed_train  # TrialObjective imports it from the module at each call
-        tune_module.TrialObjective.__call__ = timed_call
+        tune_module.train = timed_train  # what the tune command gives TrialObjective as `train=`
+        study_module.TrialObjective.__call__ = timed_call
         tune_module.write_report = timed_report
         try:
             yield self
         finally:
-            train_module.train = train
-            tune_module.TrialObjective.__call__ = call
+            tune_module.train = train
+            study_module.TrialObjective.__call__ = call
             tune_module.write_report = report
 
 

@@ -2,7 +2,7 @@
 
 No Hydra, no account: the model below is an ordinary ``LightningModule`` that
 knows nothing about lightning-tricks. It only follows the conventions the
-callbacks rely on (see ``lightning_tricks.protocol``): batches are
+callbacks rely on (see ``lightning_tricks.utilities.protocol``): batches are
 ``(inputs, targets)`` tuples, the loss is a ``criterion`` attribute, and the
 last layer is an ``nn.Linear``.
 

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
+# Public name -> the module that defines it. Every name is an attribute of its module, except the
+# ones in _MODULES, which are modules themselves (`from lightning_tricks import schedules`).
 _EXPORTS = {
     "SeedEverything": "lightning_tricks.callbacks",
     "FullDatasetLoss": "lightning_tricks.callbacks",
@@ -30,7 +32,6 @@ _EXPORTS = {
     "DataInspection": "lightning_tricks.callbacks",
     "DropoutBatchNormLint": "lightning_tricks.callbacks",
     "EarlyStopping": "lightning_tricks.callbacks",
-    "schedules": "lightning_tricks.schedules",
     "lr_range_test": "lightning_tricks.callbacks.lr_range_test",
     "ShuffleCheck": "lightning_tricks.callbacks",
     "TestTimeAugmentation": "lightning_tricks.callbacks",
@@ -40,18 +41,19 @@ _EXPORTS = {
     "run_preflight": "lightning_tricks.preflight",
     "assert_preflight": "lightning_tricks.preflight",
     "PreflightReport": "lightning_tricks.preflight",
-    "AdapterError": "lightning_tricks.protocol",
-    "ModelAdapter": "lightning_tricks.protocol",
-    "TrickModule": "lightning_tricks.protocol",
-    "inspect_data": "lightning_tricks.inspection",
-    "DataReport": "lightning_tricks.inspection_report",
-    "log_image": "lightning_tricks.media",
-    "log_scalars": "lightning_tricks.media",
-    "log_table": "lightning_tricks.media",
+    "AdapterError": "lightning_tricks.utilities.protocol",
+    "ModelAdapter": "lightning_tricks.utilities.protocol",
+    "TrickModule": "lightning_tricks.utilities.protocol",
+    "inspect_data": "lightning_tricks.inspection.scan",
+    "DataReport": "lightning_tricks.inspection.report",
+    "log_image": "lightning_tricks.utilities.media",
+    "log_scalars": "lightning_tricks.utilities.media",
+    "log_table": "lightning_tricks.utilities.media",
     "CheckpointEnsemble": "lightning_tricks.callbacks",
-    "EnsembleReport": "lightning_tricks.ensemble",
-    "CheckpointError": "lightning_tricks.ensemble",
+    "EnsembleReport": "lightning_tricks.ensembling.checkpoints",
+    "CheckpointError": "lightning_tricks.ensembling.checkpoints",
 }
+_MODULES = {"schedules": "lightning_tricks.schedules"}
 
 __all__ = [
     "ActivationStats",
@@ -125,16 +127,19 @@ if TYPE_CHECKING:
         VisualizeBatch,
     )
     from lightning_tricks.callbacks.lr_range_test import lr_range_test
-    from lightning_tricks.ensemble import CheckpointError, EnsembleReport
-    from lightning_tricks.inspection import inspect_data
-    from lightning_tricks.inspection_report import DataReport
-    from lightning_tricks.media import log_image, log_scalars, log_table
+    from lightning_tricks.ensembling.checkpoints import CheckpointError, EnsembleReport
+    from lightning_tricks.inspection.report import DataReport
+    from lightning_tricks.inspection.scan import inspect_data
     from lightning_tricks.preflight import PreflightReport, assert_preflight, run_preflight
-    from lightning_tricks.protocol import AdapterError, ModelAdapter, TrickModule
+    from lightning_tricks.utilities.media import log_image, log_scalars, log_table
+    from lightning_tricks.utilities.protocol import AdapterError, ModelAdapter, TrickModule
 
 
 def __getattr__(name: str) -> Any:
+    if name in _MODULES:
+        return importlib.import_module(_MODULES[name])
     if name in _EXPORTS:
-        module = importlib.import_module(_EXPORTS[name])
-        return module if module.__name__.endswith(f".{name}") else getattr(module, name)
+        # An attribute, never the module of the same name: `lr_range_test` is the function of
+        # lightning_tricks.callbacks.lr_range_test, not that module.
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'lightning_tricks' has no attribute {name!r}")

@@ -1,5 +1,5 @@
 import sys
 
-from lightning_tricks.cli import main
+from lightning_tricks.commands.cli import main
 
 sys.exit(main())

@@ -4,8 +4,9 @@
 through a real ``Trainer`` that stops before its first step — the same code that runs when the
 checks are callbacks of your training run — and returns a :class:`PreflightReport`.
 ``assert_preflight`` raises with the report when a check fails, for your test suite.
-``lightning-tricks preflight [overrides]`` does it on a configured model and data, writes
-``preflight.md``/``preflight.json``/figures into the run directory and exits non-zero on failure.
+``lightning-tricks preflight [overrides]`` (:mod:`lightning_tricks.commands.preflight`) does it on a
+configured model and data, writes ``preflight.md``/``preflight.json``/figures into the run directory
+and exits non-zero on failure.
 """
 
 from __future__ import annotations
@@ -18,11 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import hydra
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
 from typing_extensions import override
 
 from lightning_tricks.callbacks.gradient_dependency_probe import GradientDependencyProbe
@@ -31,8 +29,8 @@ from lightning_tricks.callbacks.input_independent_baseline import InputIndepende
 from lightning_tricks.callbacks.overfit_batch_check import OverfitBatchCheck
 from lightning_tricks.callbacks.recipe_check import CheckResult, RecipeCheck, run_initialisers
 from lightning_tricks.callbacks.shuffle_check import ShuffleCheck
-from lightning_tricks.media import log_table
-from lightning_tricks.protocol import AdapterError
+from lightning_tricks.utilities.media import log_table
+from lightning_tricks.utilities.protocol import AdapterError
 
 
 def default_checks() -> list[RecipeCheck]:
@@ -180,32 +178,3 @@ def assert_preflight(
     if not report.passed:
         raise AssertionError("\n" + report.to_markdown())
     return report
-
-
-def preflight(cfg: DictConfig) -> PreflightReport:
-    """The `preflight` command's work: build the configured data and model, run the configured checks."""
-    from lightning_tricks.train import build_data_and_model, instantiate_group
-
-    datamodule, model = build_data_and_model(cfg)
-    callbacks = instantiate_group(cfg.get("callbacks"), "callbacks")
-    checks = [c for c in callbacks if isinstance(c, RecipeCheck) and c.name != "training_health"]
-    loggers = instantiate_group(cfg.get("logger"), "logger")
-    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
-    trainer_cfg = {k: v for k, v in trainer_cfg.items() if k not in ("_target_", "max_epochs")}
-    report = run_preflight(model, datamodule, checks=checks, **{**trainer_cfg, "logger": loggers or False})
-    if rank_zero_only.rank == 0:
-        report.save(cfg.paths.output_dir)
-    return report
-
-
-@hydra.main(version_base="1.3", config_path="pkg://lightning_tricks.conf", config_name="preflight")
-def main(cfg: DictConfig) -> None:
-    report = preflight(cfg)
-    if rank_zero_only.rank == 0:
-        from rich.console import Console
-        from rich.markdown import Markdown
-
-        Console(soft_wrap=True).print(Markdown(report.to_markdown()))
-        print(f"report: {Path(cfg.paths.output_dir) / 'preflight.md'}")
-    if not report.passed:
-        raise SystemExit(1)

@@ -29,7 +29,6 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 from typing_extensions import override
 
-from lightning_tricks.arguments import check_float, check_int
 from lightning_tricks.functional.lr_policies import (
     CYCLICAL_MODES,
     cyclical_lr,
@@ -42,6 +41,7 @@ from lightning_tricks.functional.lr_policies import (
     step_lr,
     warmup_factor,
 )
+from lightning_tricks.utilities.arguments import check_float, check_int
 
 INTERVALS = ("step", "epoch")
 

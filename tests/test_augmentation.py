@@ -142,7 +142,7 @@ def test_augmentation_that_changes_the_shape_is_refused() -> None:
 
 
 def test_hydra_option_instantiates_and_reaches_the_data_module(compose_train) -> None:
-    from lightning_tricks.train import build_data_and_model
+    from lightning_tricks.commands.train import build_data_and_model
 
     cfg = compose_train("augmentation=shift_rotate", "augmentation.max_shift=2")
     # the YAML names the constructor's arguments, all of them

@@ -17,8 +17,8 @@ from lightning_tricks import InitLossCheck, LastLayerBiasInit
 from lightning_tricks.data import SyntheticClassificationDataModule, SyntheticRegressionDataModule
 from lightning_tricks.functional.bias_init import TargetStats, bias_from_stats, bias_from_targets
 from lightning_tricks.models import MLP
-from lightning_tricks.protocol import AdapterError
 from lightning_tricks.testing import run_ddp
+from lightning_tricks.utilities.protocol import AdapterError
 
 
 def fit_setup(model: pl.LightningModule, dm, callback: LastLayerBiasInit, tmp_path: Path, **kwargs) -> pl.Trainer:

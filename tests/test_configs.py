@@ -9,7 +9,7 @@ import pytest
 from hydra.utils import get_object, instantiate
 from omegaconf import OmegaConf
 
-from lightning_tricks.train import build, instantiate_group
+from lightning_tricks.commands.train import build, instantiate_group
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 

@@ -307,7 +307,7 @@ class FakeReport:
         return Path(folder)
 
     def figures(self) -> dict:
-        from lightning_tricks.plots import new_figure
+        from lightning_tricks.utilities.plots import new_figure
 
         figure = new_figure()
         figure.subplots().bar([0, 1], [3, 4])

@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 
 from lightning_tricks import CheckpointEnsemble, CheckpointError
 from lightning_tricks.data import DigitsDataModule
-from lightning_tricks.ensemble import evaluate_checkpoints, expand_checkpoints, load_state_dict
+from lightning_tricks.ensembling import evaluate_checkpoints, expand_checkpoints, load_state_dict
 from lightning_tricks.functional.ensemble import (
     batch_sums,
     ensemble_predictions,

@@ -90,7 +90,7 @@ def test_my_hydra_config_instantiates_overrides(tmp_path: Path) -> None:
     from lightning.pytorch.callbacks import EarlyStopping
 
     from lightning_tricks import SeedEverything
-    from lightning_tricks.train import build
+    from lightning_tricks.commands.train import build
 
     # Only the user's folder is given: our configs are found through `hydra.searchpath` in my_train.yaml.
     with initialize_config_dir(config_dir=str(HYDRA_DIR), version_base="1.3"):

@@ -14,7 +14,7 @@ from lightning_tricks import FirstLayerFilters
 from lightning_tricks.callbacks.first_layer_filters import filters_as_images, first_layer
 from lightning_tricks.data import DigitsDataModule, MNIST1DDataModule
 from lightning_tricks.models import CNN, MLP
-from lightning_tricks.protocol import AdapterError
+from lightning_tricks.utilities.protocol import AdapterError
 
 
 def fit(tmp_path: Path, model, dm, callback, epochs: int = 2) -> None:

@@ -126,7 +126,7 @@ def test_accuracy_and_loss_match_a_manual_pass_on_digits(tmp_path: Path) -> None
 
 
 def test_side_evaluation_restores_every_submodule_mode() -> None:
-    from lightning_tricks.isolation import evaluating
+    from lightning_tricks.utilities.isolation import evaluating
 
     model = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2), nn.Dropout(0.5))
     model.train()

@@ -11,9 +11,9 @@ from lightning.pytorch.loggers import CSVLogger
 
 from lightning_tricks import HumanBaseline
 from lightning_tricks.callbacks.human_baseline import agreement
+from lightning_tricks.commands.summary import RunSummary
 from lightning_tricks.data import DigitsDataModule
 from lightning_tricks.models import MLP
-from lightning_tricks.summary import RunSummary
 
 
 def test_agreement_is_one_annotation_scored_against_the_other() -> None:

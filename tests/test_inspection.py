@@ -280,7 +280,7 @@ def test_two_process_ddp_report_equals_the_one_process_report() -> None:
 def _inspect_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
     return subprocess.run(
-        [sys.executable, "-m", "lightning_tricks.inspect_cli", *args],
+        [sys.executable, "-m", "lightning_tricks.commands.inspect", *args],
         cwd=cwd,
         env=env,
         capture_output=True,

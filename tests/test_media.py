@@ -17,8 +17,8 @@ import matplotlib.pyplot as plt
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 
 from lightning_tricks.functional.images import make_grid, to_uint8_image
-from lightning_tricks.media import log_image, log_scalars, log_table
 from lightning_tricks.testing import read_offline_run, run_ddp
+from lightning_tricks.utilities.media import log_image, log_scalars, log_table
 
 ROWS = [[0, "cat", 0.5], [1, "dog", 2.25]]
 

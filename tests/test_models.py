@@ -11,7 +11,7 @@ from torch import nn
 
 from lightning_tricks.data import DigitsDataModule, SyntheticClassificationDataModule, SyntheticRegressionDataModule
 from lightning_tricks.models import CNN, MLP
-from lightning_tricks.protocol import find_output_layer, infer_task
+from lightning_tricks.utilities.protocol import find_output_layer, infer_task
 
 
 @pytest.mark.parametrize(("cls", "shape"), [(MLP, (1, 8, 8)), (CNN, (1, 8, 8)), (CNN, (1, 40)), (MLP, (16,))])

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from torch import nn
 
-from lightning_tricks.protocol import (
+from lightning_tricks.utilities.protocol import (
     AdapterError,
     ModelAdapter,
     TrickModule,

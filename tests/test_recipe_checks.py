@@ -27,7 +27,7 @@ from lightning_tricks import (
 from lightning_tricks.data import DigitsDataModule
 from lightning_tricks.models import MLP
 from lightning_tricks.preflight import default_checks
-from lightning_tricks.protocol import AdapterError
+from lightning_tricks.utilities.protocol import AdapterError
 
 
 def trainer(tmp_path: Path, callbacks: list, **kwargs) -> pl.Trainer:

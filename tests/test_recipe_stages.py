@@ -6,9 +6,9 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import EarlyStopping as LightningEarlyStopping
 
-from lightning_tricks import train as train_module
 from lightning_tricks.callbacks import EarlyStopping
 from lightning_tricks.callbacks.dropout_batchnorm_lint import DropoutBatchNormLint
+from lightning_tricks.commands import train as train_module
 from lightning_tricks.data import RandomShiftRotate
 
 BUILD = train_module.build  # the real one, before any test wraps it
@@ -94,7 +94,7 @@ def test_skeleton_overfit_regularize_on_digits(model: str, compose_train, monkey
 @pytest.mark.parametrize("stage", ["skeleton", "overfit", "regularize", "full"])
 @pytest.mark.parametrize("model", ["mlp", "cnn"])
 def test_every_stage_composes_for_both_reference_models(stage: str, model: str, compose_train) -> None:
-    from lightning_tricks.train import build_data_and_model
+    from lightning_tricks.commands.train import build_data_and_model
 
     cfg = compose_train(f"recipe={stage}", f"model={model}", "data=mnist1d", "data.num_samples=200")
     datamodule, built = build_data_and_model(cfg)

@@ -254,7 +254,7 @@ def test_lint_gives_the_same_verdict_on_both_ddp_ranks() -> None:
 
 
 def test_reference_models_take_weight_decay_on_weights_only(compose_train) -> None:
-    from lightning_tricks.train import build_data_and_model
+    from lightning_tricks.commands.train import build_data_and_model
 
     cfg = compose_train("model=cnn", "model.weight_decay=0.05", "model.optimizer._target_=torch.optim.AdamW")
     _, model = build_data_and_model(cfg)

@@ -17,6 +17,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
+from lightning_tricks.commands.train import build
 from lightning_tricks.data import DigitsDataModule
 from lightning_tricks.models import MLP
 from lightning_tricks.models.base import scheduler_interval
@@ -32,7 +33,6 @@ from lightning_tricks.schedules import (
     Step,
     make_scheduler,
 )
-from lightning_tricks.train import build
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -23,7 +23,7 @@ from lightning_tricks.functional.search_space import (
     to_overrides,
     value_from_unit,
 )
-from lightning_tricks.tune import PerTrialRandomSampler, train_overrides
+from lightning_tricks.tuning.study import PerTrialRandomSampler, train_overrides
 
 LR = {"type": "float", "low": 1e-5, "high": 1e-1, "log": True}
 

@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_tricks import TestTimeAugmentation
+from lightning_tricks.commands.train import instantiate_group
 from lightning_tricks.functional.tta import (
     TTAResult,
     batch_totals,
@@ -24,7 +25,6 @@ from lightning_tricks.functional.tta import (
     to_probabilities,
 )
 from lightning_tricks.testing import run_ddp
-from lightning_tricks.train import instantiate_group
 
 KEYS = ("tricks/tta/test_acc", "tricks/tta/test_acc_no_tta", "tricks/tta/test_loss", "tricks/tta/test_loss_no_tta")
 

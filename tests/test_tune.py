@@ -18,9 +18,9 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
+from lightning_tricks.commands.train import train
+from lightning_tricks.commands.tune import tune
 from lightning_tricks.functional.search_space import SearchSpaceError
-from lightning_tricks.train import train
-from lightning_tricks.tune import tune
 
 # Tiny trials (a fraction of a second each): the digits MLP, a few batches, no recipe callbacks, CSV logs.
 TINY = [

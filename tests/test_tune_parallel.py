@@ -20,7 +20,7 @@ import pytest
 from optuna.trial import TrialState
 
 from lightning_tricks.testing.postgres import find_postgres, postgres_server
-from lightning_tricks.tune import counted
+from lightning_tricks.tuning.study import counted
 
 # Tiny in-process trials (~1 s each): the digits MLP, a few batches, no recipe callbacks, CSV logs.
 TINY = [
@@ -157,7 +157,7 @@ def test_ddp_trials_are_one_optuna_trial_per_training_run(tmp_path: Path) -> Non
 
 def test_a_trial_started_after_the_budget_filled_does_not_train_or_count() -> None:
     """The race two workers can run into: both saw room for one more trial and both started one."""
-    from lightning_tricks.tune import _within_budget
+    from lightning_tricks.tuning.study import _within_budget
 
     study = optuna.create_study()
     other_worker = study.ask()  # the other worker's trial, still running, fills a budget of 1

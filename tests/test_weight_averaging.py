@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lightning_tricks.train import build
+from lightning_tricks.commands.train import build
 
 
 @pytest.mark.parametrize("option", ["stochastic_weight_averaging", "ema_weight_averaging"])

@@ -11,9 +11,9 @@ from lightning.pytorch.callbacks import Callback
 from torch import nn
 from typing_extensions import override
 
-from lightning_tricks.arguments import check_int
-from lightning_tricks.media import log_image, log_scalars
-from lightning_tricks.plots import new_figure
+from lightning_tricks.utilities.arguments import check_int
+from lightning_tricks.utilities.media import log_image, log_scalars
+from lightning_tricks.utilities.plots import new_figure
 
 RECTIFIERS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Mish, nn.Softplus)
 SQUASHERS = (nn.Tanh, nn.Sigmoid, nn.Hardtanh, nn.Softsign)

@@ -28,10 +28,10 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.parsing import lightning_getattr, lightning_hasattr, lightning_setattr
 from typing_extensions import override
 
-from lightning_tricks.arguments import check_int
 from lightning_tricks.callbacks.lr_batch_scaling import loader_batch_size, scale_trainer_lr
 from lightning_tricks.functional.lr_scaling import check_rule, lr_scale_factor
-from lightning_tricks.media import log_scalars
+from lightning_tricks.utilities.arguments import check_int
+from lightning_tricks.utilities.media import log_scalars
 
 
 def check_milestones(milestones: Any, owner: str = "BatchSizeSchedule") -> list[int]:

@@ -3,7 +3,7 @@
 By default the members are the run's top-k checkpoints (``ModelCheckpoint(save_top_k=k)``), as they
 were when ``fit`` ended; or any checkpoints (paths or globs), e.g. the best checkpoint of each seed of
 a Hydra multirun. Members are copies of the model loaded with ``torch.load(weights_only=True)`` and
-``strict=True`` (see :mod:`lightning_tricks.ensemble`); the model under test is never changed.
+``strict=True`` (see :mod:`lightning_tricks.ensembling`); the model under test is never changed.
 """
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
-from lightning_tricks.arguments import check_int
-from lightning_tricks.ensemble import (
+from lightning_tricks.ensembling import (
     CheckpointError,
     EnsembleReport,
     MemberFailure,
@@ -27,9 +26,10 @@ from lightning_tricks.ensemble import (
     load_members,
     no_member_message,
 )
-from lightning_tricks.media import log_table
-from lightning_tricks.protocol import ModelAdapter
-from lightning_tricks.sharding import shard
+from lightning_tricks.utilities.arguments import check_int
+from lightning_tricks.utilities.media import log_table
+from lightning_tricks.utilities.protocol import ModelAdapter
+from lightning_tricks.utilities.sharding import shard
 
 ON_FAILURE = ("raise", "warn", "ignore")
 
@@ -42,7 +42,7 @@ class CheckpointEnsemble(Callback):
     (``test/ensemble_best_member_*``), the gain over it and the number of members, through
     ``LightningModule.log`` (so they are in ``trainer.test()``'s results), and a table member -> loss,
     metric (W&B table, TensorBoard text or CSV). ``report`` holds the last
-    :class:`~lightning_tricks.ensemble.EnsembleReport`.
+    :class:`~lightning_tricks.ensembling.EnsembleReport`.
 
     Under DDP every rank evaluates an exact, unpadded share of the test set and one all-reduce sums
     the results, so the numbers are those of one process and identical on all ranks.
@@ -51,7 +51,7 @@ class CheckpointEnsemble(Callback):
         checkpoints: paths or globs of the members; None: the Trainer's ``ModelCheckpoint`` top-k.
         top_k: use only the best ``top_k`` of the ``ModelCheckpoint``'s kept checkpoints (None: all of them).
         on_failure: a checkpoint that cannot be loaded (missing, corrupted, unsafe, another
-            architecture) — ``"raise"`` a :class:`~lightning_tricks.ensemble.CheckpointError`;
+            architecture) — ``"raise"`` a :class:`~lightning_tricks.ensembling.CheckpointError`;
             ``"warn"`` / ``"ignore"``: leave it out (listed in ``report.failures``) and evaluate the others.
         split_batch, task: overrides of the model protocol.
     """

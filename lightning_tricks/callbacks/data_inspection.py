@@ -26,7 +26,6 @@ from lightning.pytorch.utilities.seed import isolate_rng
 from torch.utils.data import DataLoader, IterableDataset, default_collate
 from typing_extensions import override
 
-from lightning_tricks.arguments import check_int
 from lightning_tricks.callbacks.visualize_batch import looks_like_images
 from lightning_tricks.functional.images import to_uint8_image
 from lightning_tricks.functional.sample_losses import (
@@ -38,11 +37,12 @@ from lightning_tricks.functional.sample_losses import (
     rank_by_loss,
 )
 from lightning_tricks.inspection import gather_objects
-from lightning_tricks.isolation import evaluating
-from lightning_tricks.media import log_image, log_scalars, log_table, run_dir
-from lightning_tricks.plots import new_figure
-from lightning_tricks.protocol import ModelAdapter
-from lightning_tricks.sharding import strided
+from lightning_tricks.utilities.arguments import check_int
+from lightning_tricks.utilities.isolation import evaluating
+from lightning_tricks.utilities.media import log_image, log_scalars, log_table, run_dir
+from lightning_tricks.utilities.plots import new_figure
+from lightning_tricks.utilities.protocol import ModelAdapter
+from lightning_tricks.utilities.sharding import strided
 
 SPLITS = ("train", "val", "test")
 TABLE_ROWS = ("top_k", "all")

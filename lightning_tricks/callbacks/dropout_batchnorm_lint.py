@@ -33,7 +33,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm  # the common base of BatchNorm1d/2d/3d, Lazy* and SyncBatchNorm
 
 from lightning_tricks.callbacks.recipe_check import CheckResult, RecipeCheck, shared_batches
-from lightning_tricks.isolation import evaluating
+from lightning_tricks.utilities.isolation import evaluating
 
 DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
 WEIGHT_LAYERS = (

@@ -11,7 +11,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_tricks.media import log_scalars
+from lightning_tricks.utilities.media import log_scalars
 
 
 class EarlyStopping(LightningEarlyStopping):

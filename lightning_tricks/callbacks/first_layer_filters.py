@@ -12,10 +12,10 @@ from lightning.pytorch.callbacks import Callback
 from torch import nn
 from typing_extensions import override
 
-from lightning_tricks.arguments import check_int
-from lightning_tricks.media import log_image
-from lightning_tricks.plots import new_figure
-from lightning_tricks.protocol import AdapterError
+from lightning_tricks.utilities.arguments import check_int
+from lightning_tricks.utilities.media import log_image
+from lightning_tricks.utilities.plots import new_figure
+from lightning_tricks.utilities.protocol import AdapterError
 
 
 def first_layer(module: nn.Module, name: str | None = None) -> tuple[str, nn.Module]:

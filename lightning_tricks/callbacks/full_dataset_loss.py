@@ -19,11 +19,11 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
-from lightning_tricks.arguments import check_int
 from lightning_tricks.functional.sample_losses import correct_predictions
-from lightning_tricks.isolation import evaluating
-from lightning_tricks.protocol import ModelAdapter
-from lightning_tricks.sharding import shard
+from lightning_tricks.utilities.arguments import check_int
+from lightning_tricks.utilities.isolation import evaluating
+from lightning_tricks.utilities.protocol import ModelAdapter
+from lightning_tricks.utilities.sharding import shard
 
 SPLITS = ("train", "val", "test")
 

@@ -8,8 +8,8 @@ from torch import nn
 
 from lightning_tricks.callbacks.recipe_check import CheckResult, RecipeCheck, shared_batches
 from lightning_tricks.functional.gradient_dependency import batch_dependency, causal_violations
-from lightning_tricks.isolation import preserved
-from lightning_tricks.protocol import AdapterError
+from lightning_tricks.utilities.isolation import preserved
+from lightning_tricks.utilities.protocol import AdapterError
 
 
 class GradientDependencyProbe(RecipeCheck):

@@ -10,7 +10,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
-from lightning_tricks.media import log_scalars
+from lightning_tricks.utilities.media import log_scalars
 
 
 def agreement(first: Sequence[Any], second: Sequence[Any]) -> float:

@@ -7,11 +7,11 @@ import math
 import lightning.pytorch as pl
 import torch
 
-from lightning_tricks.arguments import check_int
 from lightning_tricks.callbacks.recipe_check import CheckResult, RecipeCheck, as_float, shared_batches
 from lightning_tricks.functional.init_loss import bias_matches_targets, expected_init_loss, likely_cause
-from lightning_tricks.isolation import preserved
-from lightning_tricks.protocol import AdapterError
+from lightning_tricks.utilities.arguments import check_int
+from lightning_tricks.utilities.isolation import preserved
+from lightning_tricks.utilities.protocol import AdapterError
 
 
 class InitLossCheck(RecipeCheck):

@@ -7,10 +7,10 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from lightning_tricks.arguments import check_int
 from lightning_tricks.callbacks.recipe_check import CheckResult, RecipeCheck, shared_batches, val_loader
-from lightning_tricks.isolation import fresh_optimizer, preserved
-from lightning_tricks.plots import loss_curve
+from lightning_tricks.utilities.arguments import check_int
+from lightning_tricks.utilities.isolation import fresh_optimizer, preserved
+from lightning_tricks.utilities.plots import loss_curve
 
 
 def zeros_like_inputs(inputs: Any) -> Any:

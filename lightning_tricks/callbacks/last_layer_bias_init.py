@@ -12,13 +12,13 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.seed import isolate_rng
 from typing_extensions import override
 
-from lightning_tricks.arguments import check_int
 from lightning_tricks.callbacks.recipe_check import train_loader
 from lightning_tricks.functional.bias_init import TargetStats, bias_from_stats
-from lightning_tricks.media import log_image, log_scalars
-from lightning_tricks.plots import new_figure
-from lightning_tricks.protocol import AdapterError, ModelAdapter, check_task
-from lightning_tricks.sharding import shard
+from lightning_tricks.utilities.arguments import check_int
+from lightning_tricks.utilities.media import log_image, log_scalars
+from lightning_tricks.utilities.plots import new_figure
+from lightning_tricks.utilities.protocol import AdapterError, ModelAdapter, check_task
+from lightning_tricks.utilities.sharding import shard
 
 
 class LastLayerBiasInit(Callback):

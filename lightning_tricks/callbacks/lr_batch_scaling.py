@@ -17,7 +17,6 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
-from lightning_tricks.arguments import check_int
 from lightning_tricks.functional.lr_scaling import (
     check_rule,
     effective_batch_size,
@@ -25,7 +24,8 @@ from lightning_tricks.functional.lr_scaling import (
     scale_optimizer_lr,
     scaling_warmup_factor,
 )
-from lightning_tricks.media import log_scalars
+from lightning_tricks.utilities.arguments import check_int
+from lightning_tricks.utilities.media import log_scalars
 
 
 def loader_batch_size(loader: Any) -> int | None:
@@ -119,9 +119,9 @@ class LRBatchScaling(Callback):
 
     def apply(self, trainer: pl.Trainer) -> float:
         """Scale the LRs of the run's optimizers by the factor for its effective batch size; return the factor."""
-        from lightning_tricks.callbacks.lr_range_test import LRRangeTest  # (it imports this module)
-
-        if any(isinstance(c, LRRangeTest) and c.apply for c in trainer.callbacks):
+        # An LRRangeTest(apply=True) says so with `sets_lr` (this module does not import that one, which
+        # imports this one for `scale_trainer_lr`).
+        if any(getattr(c, "sets_lr", False) for c in trainer.callbacks):
             # The range test sweeps at this run's own effective batch size: its LR needs no scaling, and
             # scaling it (or being overwritten by it) depending on the callbacks' order would be a trap.
             rank_zero_warn(

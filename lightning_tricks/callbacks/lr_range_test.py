@@ -5,7 +5,7 @@ restores a temporary checkpoint through private internals: on a resumed run that
 training state (the run restarts at step 0), and it reads losses from rank 0 only. Here the sweep
 is a plain loop over the module's forward and loss with a *fresh copy* of the run's optimizer (same
 class, hyper-parameters and param groups, empty state). Weights, buffers, gradients, modes and RNG
-are restored afterwards (:func:`~lightning_tricks.isolation.preserved`), the Trainer's loops, the
+are restored afterwards (:func:`~lightning_tricks.utilities.isolation.preserved`), the Trainer's loops, the
 user's optimizer and schedulers are never touched, and under DDP gradients and losses are averaged
 across ranks, so every rank sweeps the same model and reads the same curve.
 """
@@ -29,7 +29,6 @@ from matplotlib.ticker import LogLocator, NullLocator
 from torch import nn
 from typing_extensions import override
 
-from lightning_tricks.arguments import check_float, check_int
 from lightning_tricks.callbacks.lr_batch_scaling import scale_trainer_lr
 from lightning_tricks.callbacks.recipe_check import train_loader
 from lightning_tricks.functional.lr_range import (
@@ -42,10 +41,11 @@ from lightning_tricks.functional.lr_range import (
     smooth_centered,
     suggest,
 )
-from lightning_tricks.isolation import first_optimizer, preserved
-from lightning_tricks.media import log_image, log_scalars, log_table
-from lightning_tricks.protocol import ModelAdapter
-from lightning_tricks.sharding import shard
+from lightning_tricks.utilities.arguments import check_float, check_int
+from lightning_tricks.utilities.isolation import first_optimizer, preserved
+from lightning_tricks.utilities.media import log_image, log_scalars, log_table
+from lightning_tricks.utilities.protocol import ModelAdapter
+from lightning_tricks.utilities.sharding import shard
 
 
 @dataclass
@@ -339,6 +339,11 @@ class LRRangeTest(Callback):
         self.result: RangeTestResult | None = None
         self.applied_lr: float | None = None
         self._pending = False
+
+    @property
+    def sets_lr(self) -> bool:
+        """True when this callback sets the run's LR (``apply=True``): LRBatchScaling then does not scale it."""
+        return bool(self.apply)
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:

@@ -9,11 +9,11 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
-from lightning_tricks.arguments import check_int
 from lightning_tricks.callbacks.recipe_check import CheckResult, RecipeCheck, shared_batches
 from lightning_tricks.functional.sample_losses import correct_predictions
-from lightning_tricks.isolation import fresh_optimizer, preserved
-from lightning_tricks.plots import loss_curve
+from lightning_tricks.utilities.arguments import check_int
+from lightning_tricks.utilities.isolation import fresh_optimizer, preserved
+from lightning_tricks.utilities.plots import loss_curve
 
 
 def take(batch: Any, n: int) -> Any:

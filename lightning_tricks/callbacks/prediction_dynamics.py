@@ -10,13 +10,13 @@ from lightning.pytorch.callbacks import Callback
 from torch.utils.data import default_collate
 from typing_extensions import override
 
-from lightning_tricks.arguments import check_int
 from lightning_tricks.callbacks.visualize_batch import looks_like_images
 from lightning_tricks.functional.images import to_uint8_image
-from lightning_tricks.isolation import evaluating
-from lightning_tricks.media import log_image, log_table
-from lightning_tricks.plots import new_figure
-from lightning_tricks.protocol import ModelAdapter
+from lightning_tricks.utilities.arguments import check_int
+from lightning_tricks.utilities.isolation import evaluating
+from lightning_tricks.utilities.media import log_image, log_table
+from lightning_tricks.utilities.plots import new_figure
+from lightning_tricks.utilities.protocol import ModelAdapter
 
 COLUMNS = ["epoch", "step", "split", "index", "input", "label", "prediction", "p_true", "loss"]
 

@@ -21,8 +21,8 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.seed import isolate_rng
 from typing_extensions import override
 
-from lightning_tricks.media import log_image, log_scalars
-from lightning_tricks.protocol import ModelAdapter
+from lightning_tricks.utilities.media import log_image, log_scalars
+from lightning_tricks.utilities.protocol import ModelAdapter
 
 ON_FAILURE = ("raise", "warn", "ignore")
 
@@ -78,7 +78,7 @@ class RecipeCheck(Callback):
         on_failure: ``"raise"`` a :class:`RecipeCheckError`, ``"warn"``, or ``"ignore"`` (result kept).
         run_on_resume: run again when the fit resumes from a checkpoint (default: only fresh runs).
         split_batch, loss_fn, output_layer, task: overrides of the model protocol
-            (see :mod:`lightning_tricks.protocol`).
+            (see :mod:`lightning_tricks.utilities.protocol`).
     """
 
     name: ClassVar[str] = "check"

@@ -9,8 +9,8 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities.seed import isolate_rng
 
-from lightning_tricks.arguments import check_int
 from lightning_tricks.callbacks.recipe_check import CheckResult, RecipeCheck, train_loader
+from lightning_tricks.utilities.arguments import check_int
 
 
 def _fingerprint(tensor: torch.Tensor) -> str:

@@ -9,14 +9,14 @@ logs, side by side, through ``LightningModule.log`` (so ``trainer.test()`` retur
 * ``tricks/tta/test_acc_no_tta`` and ``tricks/tta/test_loss_no_tta`` — the identity view alone;
 
 and a table ``tricks/tta/test_table`` (each view alone, then "TTA mean") through
-:mod:`lightning_tricks.media`. The loss is the model's own loss applied to the TTA output expressed
+:mod:`lightning_tricks.utilities.media`. The loss is the model's own loss applied to the TTA output expressed
 as logits (log of the mean probability), so for cross-entropy it is the NLL of the averaged
 probabilities, and without TTA it is the loss the model's ``test_step`` computes.
 
 **Exact, also under DDP.** Lightning's DistributedSampler pads the test set with repeated samples,
 so per-batch sums from ``on_test_batch_end`` would count some samples twice. Instead, at
 ``on_test_epoch_end`` each rank evaluates its own exact, unpadded shard of the test set (samples
-``rank, rank + W, ...``; :func:`lightning_tricks.sharding.shard`), sums ``loss x size``, metric and
+``rank, rank + W, ...``; :func:`lightning_tricks.utilities.sharding.shard`), sums ``loss x size``, metric and
 counts in float64, and one all-reduce per data loader gives ``sum / N`` — the single-process
 numbers. There is no collective inside the loop, so uneven shards cannot hang. The price is one
 forward pass per sample more than strictly needed: the identity view repeats Lightning's own pass.
@@ -27,7 +27,7 @@ gathered): one tensor for one predict loader, a list for several, like ``trainer
 value. Lightning's own predictions (``predict_step``'s outputs) are left untouched.
 
 **Nothing perturbs the run.** The views are deterministic; evaluation runs inside
-:func:`lightning_tricks.isolation.evaluating` (eval mode, no grad, RNG isolated, every submodule's
+:func:`lightning_tricks.utilities.isolation.evaluating` (eval mode, no grad, RNG isolated, every submodule's
 mode restored); no hooks are registered. Evaluations cover the whole set even when
 ``limit_test_batches`` limits Lightning's own loop (a warning says so).
 """
@@ -45,10 +45,10 @@ from torch.utils.data import DataLoader, IterableDataset
 from typing_extensions import override
 
 from lightning_tricks.functional.tta import TTAResult, View, batch_totals, mean_probabilities, parse_views
-from lightning_tricks.isolation import evaluating
-from lightning_tricks.media import log_table
-from lightning_tricks.protocol import INPUT_KEYS, AdapterError, ModelAdapter, loss_function
-from lightning_tricks.sharding import shard, strided
+from lightning_tricks.utilities.isolation import evaluating
+from lightning_tricks.utilities.media import log_table
+from lightning_tricks.utilities.protocol import INPUT_KEYS, AdapterError, ModelAdapter, loss_function
+from lightning_tricks.utilities.sharding import shard, strided
 
 _OWNER = "TestTimeAugmentation"
 
@@ -79,7 +79,7 @@ class TestTimeAugmentation(Callback):
             ``"hflip"``, ``"shift:1,0"`` (``"shift:1"`` for signals), ``"rotate:10"``, a one-key mapping
             (``{"shift": [1, 0]}``) or a callable ``x -> x``. ``None`` (the default): identity plus a
             one-step shift each way along every spatial axis, chosen from the inputs' shape.
-        split_batch, loss_fn, task: overrides of the model protocol (:mod:`lightning_tricks.protocol`).
+        split_batch, loss_fn, task: overrides of the model protocol (:mod:`lightning_tricks.utilities.protocol`).
 
     After ``trainer.test()``, :attr:`result` is a :class:`~lightning_tricks.functional.tta.TTAResult`
     (with :attr:`results` holding one per test loader); after ``trainer.predict()``,

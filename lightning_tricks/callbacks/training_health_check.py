@@ -9,8 +9,8 @@ import lightning.pytorch as pl
 import torch
 from typing_extensions import override
 
-from lightning_tricks.arguments import check_int
 from lightning_tricks.callbacks.recipe_check import CheckResult, RecipeCheck
+from lightning_tricks.utilities.arguments import check_int
 
 
 class TrainingHealthCheck(RecipeCheck):

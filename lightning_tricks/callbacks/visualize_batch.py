@@ -10,11 +10,11 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
-from lightning_tricks.arguments import check_int
 from lightning_tricks.functional.images import make_grid
-from lightning_tricks.media import log_image, log_table
-from lightning_tricks.plots import new_figure
-from lightning_tricks.protocol import ModelAdapter
+from lightning_tricks.utilities.arguments import check_int
+from lightning_tricks.utilities.media import log_image, log_table
+from lightning_tricks.utilities.plots import new_figure
+from lightning_tricks.utilities.protocol import ModelAdapter
 
 
 def looks_like_images(x: torch.Tensor) -> bool:

@@ -1,19 +1,19 @@
-"""The `lightning-tricks` command: one sub-command per job, each a Hydra application."""
+"""The `lightning-tricks` command's dispatcher: one sub-command per job, each a Hydra application
+in its own module of :mod:`lightning_tricks.commands`."""
 
 from __future__ import annotations
 
 import os
 import sys
 
-# Sub-command -> (module with a Hydra `main`, one-line help). Later jobs (preflight, inspect, tune)
-# add a line here.
+# Sub-command -> (its module in lightning_tricks.commands, with a Hydra `main`; one-line help).
 COMMANDS = {
-    "train": ("lightning_tricks.train", "train a model on the configured data (Hydra overrides follow)"),
-    "preflight": ("lightning_tricks.preflight", "run the recipe's before-you-train checks; exit 1 if any fails"),
-    "inspect": ("lightning_tricks.inspect_cli", "look at the data: balance, duplicates, leakage, NaN, outliers"),
-    "lr-find": ("lightning_tricks.lr_find", "LR range test on the configured model and data; prints the suggestion"),
-    "tune": ("lightning_tricks.tune", "hyper-parameter search on Optuna (random/QMC/TPE/grid), resumable, parallel"),
-    "ensemble": ("lightning_tricks.ensemble_cli", "average several checkpoints' predictions; ensemble vs each member"),
+    "train": ("train", "train a model on the configured data (Hydra overrides follow)"),
+    "preflight": ("preflight", "run the recipe's before-you-train checks; exit 1 if any fails"),
+    "inspect": ("inspect", "look at the data: balance, duplicates, leakage, NaN, outliers"),
+    "lr-find": ("lr_find", "LR range test on the configured model and data; prints the suggestion"),
+    "tune": ("tune", "hyper-parameter search on Optuna (random/QMC/TPE/grid), resumable, parallel"),
+    "ensemble": ("ensemble", "average several checkpoints' predictions; ensemble vs each member"),
 }
 
 # Lightning's DDP launcher starts ranks 1..N-1 by re-running `sys.argv` with Hydra's overrides
@@ -43,9 +43,9 @@ def main(argv: list[str] | None = None) -> int | None:
     else:
         listing = "\n".join(f"  {name:<10} {text}" for name, (_, text) in COMMANDS.items())
         if argv and argv[0] == "--version":
-            from lightning_tricks import __version__
+            from importlib.metadata import version  # not `lightning_tricks.__version__`: nothing imports upward
 
-            print(f"lightning-tricks {__version__}")
+            print(f"lightning-tricks {version('lightning-tricks')}")
             return 0
         print(
             USAGE.format(commands=listing),
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int | None:
         return 0
     import importlib
 
-    module = importlib.import_module(COMMANDS[command][0])
+    module = importlib.import_module(f"lightning_tricks.commands.{COMMANDS[command][0]}")
     sys.argv = [sys.argv[0], *rest]
     module.main()
     return 0

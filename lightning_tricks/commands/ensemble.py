@@ -29,8 +29,8 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from lightning_tricks.ensemble import EnsembleReport, evaluate_checkpoints, expand_checkpoints
-from lightning_tricks.protocol import ModelAdapter
+from lightning_tricks.ensembling import EnsembleReport, evaluate_checkpoints, expand_checkpoints
+from lightning_tricks.utilities.protocol import ModelAdapter
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def device_of(name: str) -> torch.device:
 
 def ensemble(cfg: DictConfig) -> EnsembleReport:
     """The command's work: expand the checkpoints, build data and model, evaluate, save the report."""
-    from lightning_tricks.train import build_data_and_model
+    from lightning_tricks.commands.train import build_data_and_model
 
     if cfg.split not in SPLITS:
         raise ValueError(f"`split` must be one of {SPLITS}, got {cfg.split!r}.")

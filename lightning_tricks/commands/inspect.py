@@ -1,6 +1,6 @@
 """The `inspect` command: ``inspect_data`` on the configured data module, report into the run directory.
 
-``lightning-tricks inspect data=mnist1d strict=true`` (or ``python -m lightning_tricks.inspect_cli``)
+``lightning-tricks inspect data=mnist1d strict=true`` (or ``python -m lightning_tricks.commands.inspect``)
 prints the Markdown report, writes ``report.md``, ``report.json`` and figures under
 ``paths.output_dir`` and, with ``strict=true``, exits with code 1 on leakage or NaN/Inf.
 """

@@ -19,7 +19,7 @@ from lightning_tricks.callbacks.lr_range_test import RangeTestResult, lr_range_t
 
 def lr_find(cfg: DictConfig) -> RangeTestResult:
     """Build the configured data and model, sweep, and save the curve, its points and the suggestions."""
-    from lightning_tricks.train import build_data_and_model
+    from lightning_tricks.commands.train import build_data_and_model
 
     datamodule, model = build_data_and_model(cfg)
     datamodule.prepare_data()

@@ -17,8 +17,8 @@ from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from lightning_tricks.commands.summary import RunSummary
 from lightning_tricks.functional.seed import check_seed
-from lightning_tricks.summary import RunSummary
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ import torch
 from lightning.pytorch.utilities.seed import isolate_rng
 from torch.utils.data import default_collate
 
-from lightning_tricks.arguments import check_float, check_int
 from lightning_tricks.functional.augment import random_shift_rotate
+from lightning_tricks.utilities.arguments import check_float, check_int
 
 Augmentation = Callable[[torch.Tensor], torch.Tensor]
 

@@ -8,9 +8,9 @@ import torch
 from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_tricks.arguments import check_int
 from lightning_tricks.data.augment import Augmentation, AugmentedCollate, check_augmentation
-from lightning_tricks.protocol import check_task
+from lightning_tricks.utilities.arguments import check_int
+from lightning_tricks.utilities.protocol import check_task
 
 
 class ArrayDataModule(pl.LightningDataModule):

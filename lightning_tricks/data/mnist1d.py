@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from lightning_tricks.arguments import check_int
 from lightning_tricks.data.base import ArrayDataModule
+from lightning_tricks.utilities.arguments import check_int
 
 
 class MNIST1DDataModule(ArrayDataModule):

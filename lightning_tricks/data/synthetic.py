@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from lightning_tricks.arguments import check_int
 from lightning_tricks.data.base import ArrayDataModule
+from lightning_tricks.utilities.arguments import check_int
 
 
 def exact_counts(priors: Sequence[float], n: int) -> np.ndarray:

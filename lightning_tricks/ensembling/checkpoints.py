@@ -39,8 +39,8 @@ from lightning_tricks.functional.ensemble import (
     metric_name,
     metrics_from_sums,
 )
-from lightning_tricks.isolation import evaluating
-from lightning_tricks.protocol import split_batch as default_split
+from lightning_tricks.utilities.isolation import evaluating
+from lightning_tricks.utilities.protocol import split_batch as default_split
 
 _GLOB_CHARS = set("*?[")
 

@@ -18,6 +18,7 @@ With a 128-bit cryptographic hash the chance of any false match among 2**32 samp
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -458,3 +459,15 @@ def near_duplicate_pairs(
         for i, j in zip(rows[keep].tolist(), cols[keep].tolist(), strict=True):
             pairs.append((int(idx_a[start + i]), int(idx_b[j]), max(1.0 - float(similarity[i, j]), 0.0)))
     return sorted(pairs)
+
+
+def split_pair(key: str, names: Sequence[str]) -> tuple[str, str]:
+    """The two split names of a cross-split key ``"<a>/<b>"``; names may hold ``/`` themselves (``val/0``).
+
+    >>> split_pair("train/val/1", ["train", "val/0", "val/1"])
+    ('train', 'val/1')
+    """
+    for a in names:
+        if key.startswith(f"{a}/") and key[len(a) + 1 :] in names:
+            return a, key[len(a) + 1 :]
+    raise ValueError(f"{key!r} is not '<split>/<split>' for splits {list(names)}.")

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 # The same averaging and metric naming as test-time augmentation (an ensemble over views).
 from lightning_tricks.functional.tta import log_mean_exp, metric_name
-from lightning_tricks.protocol import check_task
+from lightning_tricks.utilities.arguments import check_task
 
 __all__ = [
     "batch_sums",

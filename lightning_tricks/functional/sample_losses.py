@@ -21,7 +21,7 @@ from collections.abc import Iterable
 import torch
 import torch.nn.functional as F
 
-from lightning_tricks.protocol import check_task
+from lightning_tricks.utilities.arguments import check_task
 
 
 def _binary_logits(outputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

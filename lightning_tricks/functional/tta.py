@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from lightning_tricks.functional.augment import hflip, rotate, shift
 from lightning_tricks.functional.sample_losses import correct_predictions
-from lightning_tricks.protocol import check_task
+from lightning_tricks.utilities.arguments import check_task
 
 VIEW_KINDS = ("identity", "hflip", "shift", "rotate")
 _ALLOWED = (

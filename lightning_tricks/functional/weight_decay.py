@@ -21,7 +21,7 @@ from typing import Any
 
 from torch import nn
 
-from lightning_tricks.arguments import check_float
+from lightning_tricks.utilities.arguments import check_float
 
 
 def check_weight_decay(weight_decay: Any) -> float:

@@ -6,26 +6,28 @@
 * ``duplicates``, ``conflicts``, ``outliers``: the samples a finding is about, side by side.
 
 Samples are fetched from the data sets by index after the scan, so only map-style data sets get
-sample pictures. No pyplot: figures come from :func:`lightning_tricks.plots.new_figure`.
+sample pictures. No pyplot: figures come from :func:`lightning_tricks.utilities.plots.new_figure`.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from lightning_tricks.plots import new_figure
+from lightning_tricks.functional.data_scan import split_pair
+from lightning_tricks.utilities.plots import new_figure
+from lightning_tricks.utilities.protocol import split_maybe_unlabelled
 
-if TYPE_CHECKING:
-    from lightning_tricks.inspection import DataReport
+# `report` below is a lightning_tricks.inspection.report.DataReport, typed `Any`: that module imports
+# this one (DataReport.figures), and this one does not import it back.
 
 MAX_ROWS = 6  # finding rows drawn per figure
 
 
-def report_figures(report: DataReport, samples_per_class: int = 8, seed: int = 0) -> dict[str, Figure]:
+def report_figures(report: Any, samples_per_class: int = 8, seed: int = 0) -> dict[str, Figure]:
     """Every figure that the report has data for, by name (the PNG's file name in ``report.save``)."""
     figures: dict[str, Figure] = {}
     if any(s.class_counts for s in report.splits.values()):
@@ -52,14 +54,12 @@ def report_figures(report: DataReport, samples_per_class: int = 8, seed: int = 0
     return figures
 
 
-def _with_names(report: DataReport, key: str, pairs: list[tuple[int, int]]) -> list:
-    from lightning_tricks.inspection_report import split_pair
-
+def _with_names(report: Any, key: str, pairs: list[tuple[int, int]]) -> list:
     names = split_pair(key, report.splits)
     return [(p, names) for p in pairs]
 
 
-def class_balance(report: DataReport) -> Figure:
+def class_balance(report: Any) -> Figure:
     """Grouped bars: the share of each class in each split (equal bars = same distribution)."""
     figure = new_figure(6, 3.5)
     ax = figure.subplots()
@@ -77,14 +77,12 @@ def class_balance(report: DataReport) -> Figure:
     return figure
 
 
-def _fetch(report: DataReport, split: str, index: int) -> tuple[np.ndarray, Any] | None:
-    from lightning_tricks.inspection import _inputs_targets
-
+def _fetch(report: Any, split: str, index: int) -> tuple[np.ndarray, Any] | None:
     dataset = report.datasets.get(split)
     if dataset is None or not hasattr(dataset, "__getitem__"):
         return None
     try:
-        inputs, target = _inputs_targets(dataset[index], report.split_batch)
+        inputs, target = split_maybe_unlabelled(dataset[index], report.split_batch)
     except Exception:  # an item that does not split like a batch: no picture, the numbers still stand
         return None
     inputs = inputs.detach().cpu().float().numpy() if isinstance(inputs, torch.Tensor) else np.asarray(inputs, float)
@@ -111,7 +109,7 @@ def _draw(ax: Any, x: np.ndarray, kind: str) -> None:
         ax.tick_params(labelsize=6)
 
 
-def samples_by_class(report: DataReport, split: str, per_class: int = 8, seed: int = 0) -> Figure | None:
+def samples_by_class(report: Any, split: str, per_class: int = 8, seed: int = 0) -> Figure | None:
     """Random samples of each class of ``split`` (one row per class), or None without data to draw."""
     s = report.splits[split]
     if s.num_samples == 0 or split not in report.datasets:
@@ -139,7 +137,7 @@ def samples_by_class(report: DataReport, split: str, per_class: int = 8, seed: i
     return figure
 
 
-def _feature_histograms(report: DataReport, split: str, indices: np.ndarray, rng: np.random.Generator) -> Figure | None:
+def _feature_histograms(report: Any, split: str, indices: np.ndarray, rng: np.random.Generator) -> Figure | None:
     """Tabular data: a histogram per feature (first 16) over up to 2000 random samples."""
     chosen = np.sort(rng.choice(indices, size=min(2000, len(indices)), replace=False))
     rows = [item[0].reshape(-1) for i in chosen if (item := _fetch(report, split, int(i))) is not None]
@@ -161,7 +159,7 @@ def _feature_histograms(report: DataReport, split: str, indices: np.ndarray, rng
     return figure
 
 
-def sample_rows(report: DataReport, rows: list[list[tuple[str, int]]], title: str) -> Figure | None:
+def sample_rows(report: Any, rows: list[list[tuple[str, int]]], title: str) -> Figure | None:
     """One row per finding: its samples side by side, titled with split, index and target."""
     rows = [row for row in rows if row]
     if not rows:

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from lightning_tricks.functional.data_scan import split_pair
+
 # Why these values: see the docstring of lightning_tricks.inspection.
 NORMALISED_MEAN = 1.0  # |mean| above this: a channel/feature is not centred
 NORMALISED_STD = (0.2, 5.0)  # std outside this: not scaled
@@ -178,7 +180,7 @@ class DataReport:
 
     def figures(self, samples_per_class: int = 8, seed: int = 0) -> dict[str, Any]:
         """Matplotlib figures by name: class balance, samples per class, duplicate/conflict/outlier samples."""
-        from lightning_tricks.inspection_figures import report_figures
+        from lightning_tricks.inspection.figures import report_figures
 
         return report_figures(self, samples_per_class=samples_per_class, seed=seed)
 
@@ -286,18 +288,6 @@ def findings_of(report: DataReport) -> list[Finding]:
         if pairs:
             out.append(Finding("warning", "near_leakage", f"{key}: {len(pairs)} near-duplicate pairs across splits."))
     return sorted(out, key=lambda f: SEVERITIES.index(f.severity))
-
-
-def split_pair(key: str, names: Sequence[str]) -> tuple[str, str]:
-    """The two split names of a cross-split key ``"<a>/<b>"``; names may hold ``/`` themselves (``val/0``).
-
-    >>> split_pair("train/val/1", ["train", "val/0", "val/1"])
-    ('train', 'val/1')
-    """
-    for a in names:
-        if key.startswith(f"{a}/") and key[len(a) + 1 :] in names:
-            return a, key[len(a) + 1 :]
-    raise ValueError(f"{key!r} is not '<split>/<split>' for splits {list(names)}.")
 
 
 def _table(title: str, columns: Sequence[str], rows: list[tuple[Any, ...]], max_rows: int) -> list[str]:

@@ -9,8 +9,8 @@ statistics and normalisation constants, outliers and near duplicates, with figur
 Under DDP each rank scans its strided shard (global indices kept) and the scans are gathered and
 merged, so every rank holds the report one process would have written.
 
-The report and its findings live in :mod:`lightning_tricks.inspection_report`, the math in
-:mod:`lightning_tricks.functional.data_scan`, the pictures in :mod:`lightning_tricks.inspection_figures`.
+The report and its findings live in :mod:`lightning_tricks.inspection.report`, the math in
+:mod:`lightning_tricks.functional.data_scan`, the pictures in :mod:`lightning_tricks.inspection.figures`.
 
 Thresholds, and why (measured on the built-in data sets, see tests/test_inspection.py):
 
@@ -41,8 +41,8 @@ from lightning_tricks.functional.data_scan import (
     near_duplicate_pairs,
     outliers,
 )
-from lightning_tricks.inspection_report import DataReport, Finding, SplitReport, findings_of
-from lightning_tricks.protocol import split_batch as protocol_split_batch
+from lightning_tricks.inspection.report import DataReport, Finding, SplitReport, findings_of
+from lightning_tricks.utilities.protocol import split_maybe_unlabelled
 
 __all__ = ["DataReport", "Finding", "SplitReport", "gather_objects", "inspect_data"]
 
@@ -122,7 +122,7 @@ def inspect_data(
             loader_or_dataset, rank, world_size, batch_size or DEFAULT_BATCH_SIZE
         )
         for batch, indices in batches:
-            inputs, targets = _inputs_targets(batch, split_batch)
+            inputs, targets = split_maybe_unlabelled(batch, split_batch)
             if indices is None:  # an iterable data set: position in the stream
                 indices = torch.arange(scan.num_samples, scan.num_samples + len(inputs))
             scan.update(inputs, targets, indices)
@@ -269,15 +269,6 @@ def _split_sources(source: Any, splits: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def _inputs_targets(batch: Any, split_batch: Callable[[Any], tuple[Any, Any]] | None) -> tuple[Any, Any]:
-    """The protocol's split, plus unlabelled data: a bare tensor or a 1-tuple is inputs without targets."""
-    if split_batch is None and isinstance(batch, torch.Tensor):
-        return batch, None
-    if split_batch is None and isinstance(batch, (tuple, list)) and len(batch) == 1:
-        return batch[0], None
-    return protocol_split_batch(batch, None, split_batch)
-
-
 def _dataset_of(data: Any) -> Any:
     return data.dataset if isinstance(data, DataLoader) else data
 
@@ -285,7 +276,7 @@ def _dataset_of(data: Any) -> Any:
 def _ordered_batches(data: Any, rank: int, world_size: int, batch_size: int) -> tuple[Iterator[tuple[Any, Any]], bool]:
     """``((batch, global indices) iterator, partitioned)``: samples ``rank::world_size`` in index order.
 
-    Not :func:`lightning_tricks.sharding.shard`, which hands a single process its loader unchanged
+    Not :func:`lightning_tricks.utilities.sharding.shard`, which hands a single process its loader unchanged
     (shuffled for training) -- here indices must be the data set's in every case. Iterable data sets
     cannot be indexed: every rank reads all of them and ``partitioned`` is False.
     """

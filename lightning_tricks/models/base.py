@@ -14,9 +14,9 @@ import torchmetrics
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
-from lightning_tricks.arguments import check_int
 from lightning_tricks.functional.weight_decay import check_weight_decay, parameter_groups
-from lightning_tricks.protocol import TrickModule, check_task
+from lightning_tricks.utilities.arguments import check_int
+from lightning_tricks.utilities.protocol import TrickModule, check_task
 
 # Lightning's aliases: jsonargparse (LightningCLI) can build these from a class path + init_args,
 # and Hydra passes them as `_partial_: true` configs.

@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from lightning_tricks.arguments import check_int
 from lightning_tricks.models.base import OptimizerFactory, ReferenceModule, SchedulerFactory
+from lightning_tricks.utilities.arguments import check_int
 
 
 class CNN(ReferenceModule):

@@ -1,6 +1,6 @@
 """The report of a ``lightning-tricks tune`` study: the best trial and its command line, counts per
 state, ``trials.csv``, ``best.json``, Optuna's plots (also to a W&B summary run when W&B is the
-logger) and a table on the console. Split from :mod:`lightning_tricks.tune`, which calls
+logger) and a table on the console. Split from :mod:`lightning_tricks.tuning.study`, which calls
 :func:`write_report` when a study ends.
 """
 
@@ -18,9 +18,9 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
 if TYPE_CHECKING:
-    from lightning_tricks.tune import TrialObjective
+    from lightning_tricks.tuning.study import TrialObjective
 
-log = logging.getLogger("lightning_tricks.tune")
+log = logging.getLogger("lightning_tricks.tuning.study")
 
 __all__ = ["best_trial_summary", "save_plots", "state_counts", "write_report"]
 

@@ -1,4 +1,6 @@
-"""`lightning-tricks tune`: hyper-parameter search (recipe 5) on Optuna, resumable and parallel.
+"""The study behind `lightning-tricks tune` (:mod:`lightning_tricks.commands.tune`): hyper-parameter
+search (recipe 5) on Optuna, resumable and parallel. The objective, samplers, storage and workers
+live here; the report in :mod:`lightning_tricks.tuning.report`.
 
 Not a Hydra sweeper plugin: this command composes the ``train`` config once, then runs each trial as
 ``train`` on a copy with the trial's values set, so the trial object stays in reach (pruning from
@@ -32,11 +34,10 @@ import sys
 import time
 import warnings
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import hydra
 import numpy as np
 import optuna
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -46,20 +47,11 @@ from lightning_tricks.callbacks.optuna_pruning import STORAGE_ENV, live_trial
 from lightning_tricks.functional.search_space import (
     ParamSpec,
     SearchSpaceError,
-    grid_size,
     grid_space,
     parse_fixed,
     parse_search_space,
     suggest,
     value_from_unit,
-)
-from lightning_tricks.tune_report import (  # noqa: F401 (the report's names, importable from here too)
-    _log_to_wandb,
-    _print_table,
-    best_trial_summary,
-    save_plots,
-    state_counts,
-    write_report,
 )
 
 log = logging.getLogger(__name__)
@@ -337,7 +329,10 @@ def counted(trials: Sequence[optuna.trial.FrozenTrial]) -> int:
 class TrialObjective:
     """One trial = one ``train`` run of the base config with the trial's values; returns ``metric``.
 
-    Reusable on its own: ``study.optimize(TrialObjective(train_cfg, specs, ...), n_trials=...)``.
+    Reusable on its own: ``study.optimize(TrialObjective(train_cfg, specs, run_dir, train=train), n_trials=...)``.
+
+    ``train`` runs an in-process trial: ``lightning_tricks.commands.train.train`` (what the ``tune``
+    command passes), or any function of a train config that returns an object with ``metrics``.
     """
 
     def __init__(
@@ -352,6 +347,7 @@ class TrialObjective:
         trial_process: str = "auto",
         base_overrides: Sequence[str] = (),
         storage_url: str | None = None,
+        train: Callable[[DictConfig], Any] | None = None,
     ) -> None:
         if trial_process not in TRIAL_PROCESSES:
             raise ValueError(f"`trial_process` must be one of {list(TRIAL_PROCESSES)}, got {trial_process!r}.")
@@ -372,6 +368,13 @@ class TrialObjective:
         self.subprocess = trial_process == "subprocess" or (trial_process == "auto" and several)
         self.base_overrides = list(base_overrides)
         self.storage_url = storage_url
+        if train is None and not self.subprocess:
+            raise ValueError(
+                "in-process trials need `train=`: the function that trains one config and returns its summary "
+                "(lightning_tricks.commands.train.train, what `lightning-tricks train` runs)."
+            )
+        # Given by the caller (commands/tune.py) so that this package does not import the commands.
+        self.train = train
 
     def trial_dir(self, number: int) -> Path:
         return self.run_dir / "trials" / f"{number:04d}"
@@ -426,10 +429,8 @@ class TrialObjective:
             if self.subprocess:
                 metrics, attrs = self._run_subprocess(trial, folder)
             else:
-                from lightning_tricks.train import train
-
                 with live_trial(trial):
-                    metrics = train(cfg).metrics
+                    metrics = self.train(cfg).metrics
                 attrs = trial.user_attrs
             if "diverged_at" in attrs:
                 raise TrialFailed(f"`{self.pruning_monitor}` became non-finite at validation {attrs['diverged_at']}")
@@ -536,88 +537,3 @@ def run_worker(
         if not shared or not any(t.state == TrialState.RUNNING for t in trials):
             return
         time.sleep(poll)
-
-
-def tune(cfg: DictConfig, overrides: Sequence[str] | None = None) -> optuna.Study:
-    """Run (or resume, or join) the study the ``tune`` config describes; write its report; return it.
-
-    ``overrides`` are the command-line overrides the config was composed with (read from Hydra when
-    None); the ``train`` ones go into the command line that reproduces each trial.
-    """
-    train_cfg, specs, fixed = split_config(cfg)
-    t = cfg.tune
-    if overrides is None:
-        overrides = _hydra_overrides()
-    base = train_overrides(overrides)
-    run_dir = Path(cfg.paths.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    storage_url = None if t.storage is None else str(t.storage)
-    storage = make_storage(storage_url, t.heartbeat_interval, t.grace_period)
-    study, created = open_study(storage, t.study_name, t.direction, fingerprint(train_cfg, specs, fixed, t.metric))
-    n_trials = t.n_trials
-    if t.sampler == "grid":
-        size = grid_size(grid_space(specs, t.grid_points))
-        if n_trials > size:
-            log.info("tune: the grid has %d points; running %d trials, not %d", size, size, n_trials)
-            n_trials = size
-    seed = t.seed
-    if not created and seed is not None and t.sampler != "random":
-        # Another worker (or an earlier run) uses `seed`: a different stream, so its trials are not copied.
-        seed = zlib.crc32(f"{seed}-{os.getpid()}-{time.time_ns()}".encode())
-    study.sampler = make_sampler(t.sampler, seed, specs, t.grid_points, t.n_startup_trials)
-    study.pruner = make_pruner(t.pruner, t.n_startup_trials, t.n_warmup_steps)
-    done = counted(study.get_trials(deepcopy=False))
-    log.info(
-        "tune: study %r (%s) %s, %d of %d trials counted; storage %s",
-        t.study_name,
-        t.sampler,
-        "created" if created else "loaded",
-        done,
-        n_trials,
-        _redact(storage_url),
-    )
-    objective = TrialObjective(
-        train_cfg,
-        specs,
-        run_dir,
-        metric=t.metric,
-        fixed=fixed,
-        pruning_monitor=None if t.pruner == "none" else t.pruning_monitor,
-        pruner=pruner_config(t.pruner, t.n_startup_trials, t.n_warmup_steps),
-        trial_process=t.trial_process,
-        base_overrides=base,
-        storage_url=None if storage_url is None else _absolute_sqlite(storage_url),
-    )
-    poll = min(float(t.heartbeat_interval), 5.0)
-    run_worker(study, objective, n_trials, timeout=t.timeout, poll=poll, shared=storage is not None)
-    write_report(study, run_dir, objective, train_cfg)
-    return study
-
-
-def _absolute_sqlite(url: str) -> str:
-    if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
-        return "sqlite:///" + str(Path(url[len("sqlite:///") :]).resolve())
-    return url
-
-
-def _redact(url: str | None) -> str:
-    if url is None:
-        return "in memory (no resume)"
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).render_as_string(hide_password=True)
-
-
-def _hydra_overrides() -> list[str]:
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
-        return []
-    return list(HydraConfig.get().overrides.task)
-
-
-@hydra.main(version_base="1.3", config_path="pkg://lightning_tricks.conf", config_name="tune")
-def main(cfg: DictConfig) -> float | None:
-    study = tune(cfg)
-    complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
-    return study.best_value if complete else None

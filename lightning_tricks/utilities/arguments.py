@@ -6,6 +6,9 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+#: The tasks a model can have (what its loss and targets mean); see lightning_tricks.utilities.protocol.
+TASKS = ("multiclass", "binary", "multilabel", "regression")
+
 
 def check_int(value: Any, name: str, minimum: int = 1, owner: str = "", allow_none: bool = False) -> int | None:
     """``value`` if it is an integer ``>= minimum`` (or None when allowed), else a ``ValueError`` naming it.
@@ -48,3 +51,15 @@ def check_float(
         prefix = f"{owner}: " if owner else ""
         raise ValueError(f"{prefix}`{name}` must be {allowed}, got {value!r}.")
     return float(value)
+
+
+def check_task(task: str, argument: str = "task", allow_auto: bool = False) -> str:
+    """Return ``task`` if it is a known task name, else raise a ``ValueError`` naming the argument.
+
+    >>> check_task("binary")
+    'binary'
+    """
+    allowed = (*TASKS, "auto") if allow_auto else TASKS
+    if not isinstance(task, str) or task not in allowed:
+        raise ValueError(f"`{argument}` must be one of {', '.join(map(repr, allowed))}, got {task!r}.")
+    return task

@@ -41,13 +41,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-TASKS = ("multiclass", "binary", "multilabel", "regression")
+from lightning_tricks.utilities.arguments import TASKS, check_task
 
 #: Dict keys tried, in order, for the inputs and the targets of a dict batch.
 INPUT_KEYS = ("inputs", "input", "x", "image", "images", "features", "input_ids", "data")
 TARGET_KEYS = ("targets", "target", "y", "label", "labels")
 
-_PROTOCOL_HINT = "See lightning_tricks.protocol (or mix in lightning_tricks.TrickModule) for the conventions."
+_PROTOCOL_HINT = "See lightning_tricks.utilities.protocol (or mix in lightning_tricks.TrickModule) for the conventions."
 
 # Loss -> task, for modules and for the functional forms users put in `loss_fn`.
 _CLASSIFICATION_LOSSES = (nn.CrossEntropyLoss, nn.NLLLoss)
@@ -69,16 +69,17 @@ class AdapterError(TypeError):
     """A callback could not find what it needs on a model; the message says what to provide."""
 
 
-def check_task(task: str, argument: str = "task", allow_auto: bool = False) -> str:
-    """Return ``task`` if it is a known task name, else raise a ``ValueError`` naming the argument.
+def split_maybe_unlabelled(batch: Any, split: Callable[[Any], tuple[Any, Any]] | None = None) -> tuple[Any, Any]:
+    """:func:`split_batch`, plus unlabelled data: a bare tensor or a 1-tuple is inputs without targets (None).
 
-    >>> check_task("binary")
-    'binary'
+    >>> split_maybe_unlabelled((torch.ones(2),), None)
+    (tensor([1., 1.]), None)
     """
-    allowed = (*TASKS, "auto") if allow_auto else TASKS
-    if not isinstance(task, str) or task not in allowed:
-        raise ValueError(f"`{argument}` must be one of {', '.join(map(repr, allowed))}, got {task!r}.")
-    return task
+    if split is None and isinstance(batch, torch.Tensor):
+        return batch, None
+    if split is None and isinstance(batch, (tuple, list)) and len(batch) == 1:
+        return batch[0], None
+    return split_batch(batch, None, split)
 
 
 def default_split_batch(batch: Any) -> tuple[Any, Any]:

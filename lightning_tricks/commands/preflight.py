@@ -1,0 +1,44 @@
+"""`lightning-tricks preflight`: the recipe's before-you-train checks on the configured model and data.
+
+Builds data and model as ``train`` does, runs :func:`lightning_tricks.preflight.run_preflight` with
+the configured checks, writes the report into the run directory and exits 1 if a check failed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+from lightning_tricks.callbacks.recipe_check import RecipeCheck
+from lightning_tricks.commands.train import build_data_and_model, instantiate_group
+from lightning_tricks.preflight import PreflightReport, run_preflight
+
+
+def preflight(cfg: DictConfig) -> PreflightReport:
+    """The `preflight` command's work: build the configured data and model, run the configured checks."""
+    datamodule, model = build_data_and_model(cfg)
+    callbacks = instantiate_group(cfg.get("callbacks"), "callbacks")
+    checks = [c for c in callbacks if isinstance(c, RecipeCheck) and c.name != "training_health"]
+    loggers = instantiate_group(cfg.get("logger"), "logger")
+    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+    trainer_cfg = {k: v for k, v in trainer_cfg.items() if k not in ("_target_", "max_epochs")}
+    report = run_preflight(model, datamodule, checks=checks, **{**trainer_cfg, "logger": loggers or False})
+    if rank_zero_only.rank == 0:
+        report.save(cfg.paths.output_dir)
+    return report
+
+
+@hydra.main(version_base="1.3", config_path="pkg://lightning_tricks.conf", config_name="preflight")
+def main(cfg: DictConfig) -> None:
+    report = preflight(cfg)
+    if rank_zero_only.rank == 0:
+        from rich.console import Console
+        from rich.markdown import Markdown
+
+        Console(soft_wrap=True).print(Markdown(report.to_markdown()))
+        print(f"report: {Path(cfg.paths.output_dir) / 'preflight.md'}")
+    if not report.passed:
+        raise SystemExit(1)
