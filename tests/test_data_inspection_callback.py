@@ -337,7 +337,10 @@ def test_fit_start_report_runs_once_and_not_again_on_resume(tmp_path: Path, fake
     with pytest.warns(UserWarning, match="the data report found errors"):
         trainer(tmp_path, [first, checkpoint], logger=logger, enable_checkpointing=True).fit(model, datamodule=dm)
     (call,) = fake_inspection
-    assert call["source"] is dm and call["rank"] == 0 and call["world_size"] == 1 and call["gathered"] == ["x"]
+    # The run's own loaders, not the datamodule (whose setup Lightning already ran once for this fit).
+    assert sorted(call["source"]) == ["test", "train", "val"]
+    assert call["source"]["val"].dataset is dm.val_dataloader().dataset
+    assert call["rank"] == 0 and call["world_size"] == 1 and call["gathered"] == ["x"]
     assert isinstance(first.report, FakeReport) and first.ranking == {}  # at_fit_end=False: no ranking
     assert (tmp_path / "csv" / "data_inspection" / "report" / "report.md").is_file()
     assert (tmp_path / "csv" / "data_inspection" / "report" / "balance.png").is_file()

@@ -27,6 +27,7 @@ from lightning_tricks.ensembling import (
     no_member_message,
 )
 from lightning_tricks.utilities.arguments import check_int
+from lightning_tricks.utilities.loaders import user_loader
 from lightning_tricks.utilities.media import log_table
 from lightning_tricks.utilities.protocol import ModelAdapter
 from lightning_tricks.utilities.sharding import shard
@@ -165,10 +166,7 @@ class CheckpointEnsemble(Callback):
         failures: list[MemberFailure],
     ) -> EnsembleReport | None:
         """Score the loaded members and their ensemble on the whole test set, identical on all ranks."""
-        source = trainer.datamodule if trainer.datamodule is not None else pl_module
-        loader = source.test_dataloader()
-        if isinstance(loader, (list, tuple)):
-            loader = loader[0] if loader else None
+        loader = user_loader(trainer, pl_module, "test")
         if loader is None:
             return None
         loader, partitioned = shard(loader, trainer.global_rank, trainer.world_size)

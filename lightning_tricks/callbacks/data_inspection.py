@@ -19,7 +19,6 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.seed import isolate_rng
@@ -39,6 +38,7 @@ from lightning_tricks.functional.sample_losses import (
 from lightning_tricks.inspection import gather_objects
 from lightning_tricks.utilities.arguments import check_int
 from lightning_tricks.utilities.isolation import evaluating
+from lightning_tricks.utilities.loaders import stage_loader
 from lightning_tricks.utilities.media import log_image, log_scalars, log_table, run_dir
 from lightning_tricks.utilities.plots import new_figure
 from lightning_tricks.utilities.protocol import ModelAdapter
@@ -179,10 +179,10 @@ class DataInspection(Callback):
         # Looked up at call time (not imported with this module), so a test can stand in for the report.
         from lightning_tricks.inspection import inspect_data
 
-        source = trainer.datamodule
-        if source is None:
-            loaders = {split: self._loader(trainer, pl_module, split) for split in SPLITS}
-            source = {split: loader for split, loader in loaders.items() if loader is not None}
+        # The loaders this run already has, not the datamodule itself: inspect_data would call its
+        # prepare_data and setup again, which Lightning has done once for this fit.
+        loaders = {split: self._loader(trainer, pl_module, split) for split in SPLITS}
+        source = {split: loader for split, loader in loaders.items() if loader is not None}
         with isolate_rng():  # reading the data (a shuffling sampler, random transforms) must not move the run's RNG
             self.report = inspect_data(
                 source,
@@ -225,14 +225,7 @@ class DataInspection(Callback):
         return self.ranking
 
     def _loader(self, trainer: pl.Trainer, pl_module: pl.LightningModule, split: str) -> DataLoader | None:
-        source = trainer.datamodule if trainer.datamodule is not None else pl_module
-        try:
-            loader = getattr(source, f"{split}_dataloader")()
-        except (AttributeError, NotImplementedError, MisconfigurationException):
-            return None
-        if isinstance(loader, (list, tuple)):
-            loader = loader[0] if loader else None
-        return loader
+        return stage_loader(trainer, pl_module, split, "DataInspection")
 
     def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule, split: str) -> SplitRanking | None:
         """Every sample of ``split`` scored once across ranks; the same result on every rank."""

@@ -22,6 +22,7 @@ from typing_extensions import override
 from lightning_tricks.functional.sample_losses import correct_predictions
 from lightning_tricks.utilities.arguments import check_int
 from lightning_tricks.utilities.isolation import evaluating
+from lightning_tricks.utilities.loaders import stage_loader
 from lightning_tricks.utilities.protocol import ModelAdapter
 from lightning_tricks.utilities.sharding import shard
 
@@ -91,10 +92,7 @@ class FullDatasetLoss(Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, split: str
     ) -> tuple[float, float | None, int] | None:
         """``(mean loss, accuracy or None, number of samples)`` over the whole ``split``, identical on all ranks."""
-        source = trainer.datamodule if trainer.datamodule is not None else pl_module
-        loader = getattr(source, f"{split}_dataloader")()
-        if isinstance(loader, (list, tuple)):
-            loader = loader[0] if loader else None
+        loader = stage_loader(trainer, pl_module, split, "FullDatasetLoss")
         if loader is None:
             return None
         if getattr(loader, "drop_last", False) and not hasattr(getattr(loader, "dataset", None), "__len__"):

@@ -14,6 +14,7 @@ from lightning_tricks.callbacks.visualize_batch import looks_like_images
 from lightning_tricks.functional.images import to_uint8_image
 from lightning_tricks.utilities.arguments import check_int
 from lightning_tricks.utilities.isolation import evaluating
+from lightning_tricks.utilities.loaders import require_loader
 from lightning_tricks.utilities.media import log_image, log_table
 from lightning_tricks.utilities.plots import new_figure
 from lightning_tricks.utilities.protocol import ModelAdapter
@@ -60,9 +61,7 @@ class PredictionDynamics(Callback):
         self.history: list[dict[str, Any]] = []
 
     def _dataset(self, trainer: pl.Trainer, pl_module: pl.LightningModule, split: str):
-        source = trainer.datamodule if trainer.datamodule is not None else pl_module
-        loader = getattr(source, f"{split}_dataloader")()
-        return loader.dataset
+        return require_loader(trainer, pl_module, split, "PredictionDynamics").dataset
 
     def _choose(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Drawn from the seed and the data set's size only: identical on every rank, no collective needed.

@@ -21,6 +21,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.seed import isolate_rng
 from typing_extensions import override
 
+from lightning_tricks.utilities.loaders import require_loader
 from lightning_tricks.utilities.media import log_image, log_scalars
 from lightning_tricks.utilities.protocol import ModelAdapter
 
@@ -144,14 +145,13 @@ def run_initialisers(trainer: pl.Trainer, pl_module: pl.LightningModule) -> None
 
 
 def train_loader(trainer: pl.Trainer, pl_module: pl.LightningModule):
-    """The training loader as the user defined it (datamodule or module), without Lightning's wrapping."""
-    source = trainer.datamodule if trainer.datamodule is not None else pl_module
-    return source.train_dataloader()
+    """The training loader as the user gave it (to ``fit``, a datamodule, the module), not Lightning's copy."""
+    return require_loader(trainer, pl_module, "train", "recipe check")
 
 
 def val_loader(trainer: pl.Trainer, pl_module: pl.LightningModule):
-    source = trainer.datamodule if trainer.datamodule is not None else pl_module
-    return source.val_dataloader()
+    """The validation loader as the user gave it; a clear error when the run has none."""
+    return require_loader(trainer, pl_module, "val", "recipe check")
 
 
 def first_batches(loader: Any, n: int) -> list[Any]:
