@@ -27,6 +27,7 @@ from lightning_tricks.ensembling import (
     no_member_message,
 )
 from lightning_tricks.utilities.arguments import check_int
+from lightning_tricks.utilities.isolation import evaluating
 from lightning_tricks.utilities.loaders import user_loader
 from lightning_tricks.utilities.media import log_table
 from lightning_tricks.utilities.protocol import ModelAdapter
@@ -169,8 +170,13 @@ class CheckpointEnsemble(Callback):
         loader = user_loader(trainer, pl_module, "test")
         if loader is None:
             return None
+
+        def first_batch() -> Any:  # read only if the task must be observed (no task, no loss object)
+            return trainer.strategy.batch_to_device(next(iter(loader)))
+
+        with evaluating(pl_module):
+            task = self.adapter.task_of(pl_module, first_batch)
         loader, partitioned = shard(loader, trainer.global_rank, trainer.world_size)
-        task = self.adapter.task_of(pl_module)
         sums = ensemble_sums(
             [m for _, m in loaded],
             loader,

@@ -41,7 +41,7 @@ from lightning_tricks.utilities.isolation import evaluating
 from lightning_tricks.utilities.loaders import stage_loader
 from lightning_tricks.utilities.media import log_image, log_scalars, log_table, run_dir
 from lightning_tricks.utilities.plots import new_figure
-from lightning_tricks.utilities.protocol import ModelAdapter
+from lightning_tricks.utilities.protocol import ModelAdapter, logits_of
 from lightning_tricks.utilities.sharding import strided
 
 SPLITS = ("train", "val", "test")
@@ -237,13 +237,15 @@ class DataInspection(Callback):
             return None
         # Data set order, not the loader's (a training loader shuffles): position k is sample indices[k].
         ordered, indices = strided(loader, trainer.global_rank, trainer.world_size)
-        task = self.adapter.task_of(pl_module)
+        task = None
         local: dict[str, list[Any]] = {c: [] for c in COLUMNS}
         done = 0
         with evaluating(pl_module):
             for batch in ordered:
-                inputs, targets = self.adapter.inputs_targets(pl_module, trainer.strategy.batch_to_device(batch))
-                outputs = pl_module(inputs)
+                batch = trainer.strategy.batch_to_device(batch)
+                task = task or self.adapter.task_of(pl_module, batch)
+                inputs, targets = self.adapter.inputs_targets(pl_module, batch)
+                outputs = logits_of(pl_module(inputs))
                 n = len(targets)
                 local["index"] += indices[done : done + n]
                 done += n

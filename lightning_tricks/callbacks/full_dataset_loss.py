@@ -23,7 +23,7 @@ from lightning_tricks.functional.sample_losses import correct_predictions
 from lightning_tricks.utilities.arguments import check_int
 from lightning_tricks.utilities.isolation import evaluating
 from lightning_tricks.utilities.loaders import stage_loader
-from lightning_tricks.utilities.protocol import ModelAdapter
+from lightning_tricks.utilities.protocol import ModelAdapter, logits_of
 from lightning_tricks.utilities.sharding import shard
 
 SPLITS = ("train", "val", "test")
@@ -98,23 +98,36 @@ class FullDatasetLoss(Callback):
         if getattr(loader, "drop_last", False) and not hasattr(getattr(loader, "dataset", None), "__len__"):
             rank_zero_warn(f"FullDatasetLoss: the {split} loader drops its last batch; the loss misses those samples.")
         loader, partitioned = shard(loader, trainer.global_rank, trainer.world_size)
-        task = self.adapter.task_of(pl_module)
         totals = torch.zeros(3, dtype=torch.float64)  # loss sum, sample count, correct predictions
+        scored = self.adapter.has_loss_function(pl_module)  # else the module's step: a mean loss, no outputs
+        task, unscored = None, False
         with evaluating(pl_module):
             for batch in loader:
-                inputs, targets = self.adapter.inputs_targets(pl_module, trainer.strategy.batch_to_device(batch))
-                outputs = pl_module(inputs)
+                batch = trainer.strategy.batch_to_device(batch)
+                task = task or self.adapter.task_of(pl_module, batch)
+                inputs, targets = self.adapter.inputs_targets(pl_module, batch)
                 n = len(targets)
-                totals[0] += float(self.adapter.loss(pl_module, outputs, targets)) * n
+                if scored:
+                    outputs = pl_module(inputs)
+                    loss = self.adapter.loss(pl_module, outputs, targets)
+                    totals[2] += correct_predictions(task, outputs, targets) or 0
+                else:
+                    # The step's batch mean times the batch size: exact when the module's loss is a mean
+                    # over samples (reduction="mean"), which is what sum / count assumes.
+                    loss = self.adapter.batch_loss(pl_module, batch)
+                    outputs = _outputs_or_none(pl_module, inputs)
+                    if outputs is None:
+                        unscored = True
+                    else:
+                        totals[2] += correct_predictions(task, outputs, targets) or 0
+                totals[0] += float(loss) * n
                 totals[1] += n
-                correct = correct_predictions(task, outputs, targets)
-                totals[2] += correct or 0
         if partitioned:
             totals = trainer.strategy.reduce(totals.to(pl_module.device), reduce_op="sum").cpu().double()
         count = int(totals[1])
         if count == 0:
             return None
-        accuracy = float(totals[2] / totals[1]) if task != "regression" else None
+        accuracy = float(totals[2] / totals[1]) if task != "regression" and not unscored else None
         return float(totals[0] / totals[1]), accuracy, count
 
     @override
@@ -124,3 +137,12 @@ class FullDatasetLoss(Callback):
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = list(state_dict.get("history", []))
+
+
+def _outputs_or_none(pl_module: pl.LightningModule, inputs: Any) -> Any:
+    """``pl_module(inputs)`` for the accuracy, or None where the module is not called on its inputs alone."""
+    try:
+        outputs = logits_of(pl_module(inputs))
+    except Exception:  # e.g. forward(**batch): the accuracy is then not reported, the loss still is
+        return None
+    return outputs if isinstance(outputs, torch.Tensor) else None

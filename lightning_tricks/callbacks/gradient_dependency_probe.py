@@ -9,7 +9,7 @@ from torch import nn
 from lightning_tricks.callbacks.recipe_check import CheckResult, RecipeCheck, shared_batches
 from lightning_tricks.functional.gradient_dependency import batch_dependency, causal_violations
 from lightning_tricks.utilities.isolation import preserved
-from lightning_tricks.utilities.protocol import AdapterError
+from lightning_tricks.utilities.protocol import AdapterError, logits_of
 
 
 class GradientDependencyProbe(RecipeCheck):
@@ -87,6 +87,7 @@ class GradientDependencyProbe(RecipeCheck):
         with preserved(pl_module), torch.enable_grad():
             pl_module.eval()  # BatchNorm/Dropout: per-sample behaviour, as at inference
             outputs, probed = self.probe(pl_module, inputs)
+            outputs = logits_of(outputs)  # a Hugging Face ModelOutput, a dict or tuple: its predictions
             if not isinstance(outputs, torch.Tensor) or outputs.shape[0] != probed.shape[0]:
                 raise AdapterError(
                     "GradientDependencyProbe: the model's output must be a tensor whose first dimension is the batch."

@@ -49,7 +49,10 @@ class InitLossCheck(RecipeCheck):
         self.num_batches, self.rtol, self.expected = num_batches, float(rtol), expected
 
     def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> CheckResult:
-        task = self.adapter.task_of(pl_module)
+        batches = shared_batches(trainer, pl_module, self.num_batches)
+        with preserved(pl_module):
+            pl_module.eval()
+            task = self.adapter.task_of(pl_module, batches[0])
         try:
             layer_name, layer = self.adapter.output_layer_of(pl_module)
             bias = getattr(layer, "bias", None)
@@ -57,14 +60,12 @@ class InitLossCheck(RecipeCheck):
             if self.expected is None and task != "multiclass":
                 raise
             layer_name, layer, bias = None, None, None
-        batches = shared_batches(trainer, pl_module, self.num_batches)
         losses, targets = [], []
         with preserved(pl_module), torch.no_grad():
             pl_module.eval()
             for batch in batches:
-                inputs, y = self.adapter.inputs_targets(pl_module, batch)
-                losses.append(as_float(self.adapter.loss(pl_module, pl_module(inputs), y)))
-                targets.append(y)
+                losses.append(as_float(self.adapter.batch_loss(pl_module, batch)))
+                targets.append(self.adapter.inputs_targets(pl_module, batch)[1])
         measured = sum(losses) / len(losses)
         all_targets = torch.cat([t.reshape(t.shape[0], -1) if t.ndim > 1 else t for t in targets])
         num_outputs = layer.weight.shape[0] if layer is not None and hasattr(layer, "weight") else None

@@ -60,27 +60,25 @@ class InputIndependentBaseline(RecipeCheck):
         self.margin, self.optimizer, self.seed = float(margin), optimizer, seed
 
     def _train_and_score(self, pl_module, train, val, zero: bool) -> tuple[float, list[float]]:
-        prepare = zeros_like_inputs if zero else (lambda x: x)
+        prepare = zeros_like_inputs if zero else None
         curve = []
         with preserved(pl_module, seed=self.seed), torch.enable_grad():
             optimizer = fresh_optimizer(pl_module, self.optimizer)
             pl_module.train()
             for step in range(self.steps):
-                inputs, targets = train[step % len(train)]
                 optimizer.zero_grad(set_to_none=True)
-                loss = self.adapter.loss(pl_module, pl_module(prepare(inputs)), targets)
+                loss = self.adapter.batch_loss(pl_module, train[step % len(train)], prepare)
                 curve.append(float(loss.detach()))
                 loss.backward()
                 optimizer.step()
             pl_module.eval()
             with torch.no_grad():
-                scores = [float(self.adapter.loss(pl_module, pl_module(prepare(x)), y)) for x, y in val]
+                scores = [float(self.adapter.batch_loss(pl_module, batch, prepare)) for batch in val]
         return sum(scores) / len(scores), curve
 
     def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> CheckResult:
-        split = lambda batch: self.adapter.inputs_targets(pl_module, batch)  # noqa: E731
-        train = [split(b) for b in shared_batches(trainer, pl_module, self.train_batches)]
-        val = [split(b) for b in shared_batches(trainer, pl_module, self.val_batches, val_loader(trainer, pl_module))]
+        train = shared_batches(trainer, pl_module, self.train_batches)
+        val = shared_batches(trainer, pl_module, self.val_batches, val_loader(trainer, pl_module))
         real, real_curve = self._train_and_score(pl_module, train, val, zero=False)
         zero, zero_curve = self._train_and_score(pl_module, train, val, zero=True)
         details = {"real_val_loss": real, "zero_input_val_loss": zero, "steps": self.steps, "margin": self.margin}

@@ -12,9 +12,10 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.seed import isolate_rng
 from typing_extensions import override
 
-from lightning_tricks.callbacks.recipe_check import train_loader
+from lightning_tricks.callbacks.recipe_check import first_batches, train_loader
 from lightning_tricks.functional.bias_init import TargetStats, bias_from_stats
 from lightning_tricks.utilities.arguments import check_int
+from lightning_tricks.utilities.isolation import preserved
 from lightning_tricks.utilities.media import log_image, log_scalars
 from lightning_tricks.utilities.plots import new_figure
 from lightning_tricks.utilities.protocol import AdapterError, ModelAdapter, check_task
@@ -81,7 +82,11 @@ class LastLayerBiasInit(Callback):
         self.apply(trainer, pl_module)
 
     def apply(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> torch.Tensor:
-        task = self.adapter.task_of(pl_module)
+        def first_batch() -> Any:  # read only if the task must be observed (no task, no loss object)
+            return trainer.strategy.batch_to_device(first_batches(train_loader(trainer, pl_module), 1)[0])
+
+        with preserved(pl_module):
+            task = self.adapter.task_of(pl_module, first_batch)
         name, layer = self.adapter.output_layer_of(pl_module)
         bias = getattr(layer, "bias", None)
         if not isinstance(bias, torch.Tensor):

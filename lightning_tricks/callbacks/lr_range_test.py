@@ -174,8 +174,7 @@ def lr_range_test(
             for i, lr in enumerate(sweep):
                 for group, ratio in zip(opt.param_groups, ratios, strict=True):
                     group["lr"] = float(lr) * ratio
-                inputs, targets = adapter.inputs_targets(model, to_device(next(batches)))
-                loss = adapter.loss(model, model(inputs), targets)
+                loss = adapter.batch_loss(model, to_device(next(batches)))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if average is not None:

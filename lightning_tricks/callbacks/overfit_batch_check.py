@@ -85,11 +85,14 @@ class OverfitBatchCheck(RecipeCheck):
         self.optimizer, self.seed = optimizer, seed
 
     def run(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> CheckResult:
-        task = self.adapter.task_of(pl_module)
         (batch,) = shared_batches(trainer, pl_module, 1)
-        inputs, targets = self.adapter.inputs_targets(pl_module, batch)
         if self.batch_size is not None:
-            inputs, targets = take(inputs, self.batch_size), take(targets, self.batch_size)
+            batch = take(batch, self.batch_size)
+        with preserved(pl_module):
+            task = self.adapter.task_of(pl_module, batch)
+        inputs, targets = self.adapter.inputs_targets(pl_module, batch)
+        # Exactness (every prediction right) needs the outputs: only on the loss-function route.
+        scored = self.adapter.has_loss_function(pl_module)
         losses: list[float] = []
         solved_at, exact = None, None
         with preserved(pl_module, seed=self.seed), torch.enable_grad():
@@ -97,7 +100,7 @@ class OverfitBatchCheck(RecipeCheck):
             train_without_dropout(pl_module)
             for step in range(self.max_steps):
                 optimizer.zero_grad(set_to_none=True)
-                loss = self.adapter.loss(pl_module, pl_module(inputs), targets)
+                loss = self.adapter.batch_loss(pl_module, batch)
                 losses.append(float(loss.detach()))
                 if not math.isfinite(losses[-1]):
                     break
@@ -107,9 +110,12 @@ class OverfitBatchCheck(RecipeCheck):
                     # Scored in the mode it trains in: on one fixed batch, BatchNorm's batch statistics are
                     # exact, while its running averages still lag behind the weights.
                     with torch.no_grad():
-                        outputs = pl_module(inputs)
-                        final = float(self.adapter.loss(pl_module, outputs, targets))
-                        exact = fits_exactly(task, outputs, targets)
+                        if scored:
+                            outputs = pl_module(inputs)
+                            final = float(self.adapter.loss(pl_module, outputs, targets))
+                            exact = fits_exactly(task, outputs, targets)
+                        else:
+                            final = float(self.adapter.batch_loss(pl_module, batch))
                     if final <= self.rel_threshold * losses[0] and exact is not False:
                         solved_at = step + 1
                         losses.append(final)

@@ -12,12 +12,13 @@ from typing_extensions import override
 
 from lightning_tricks.callbacks.visualize_batch import looks_like_images
 from lightning_tricks.functional.images import to_uint8_image
+from lightning_tricks.functional.sample_losses import per_sample_loss
 from lightning_tricks.utilities.arguments import check_int
 from lightning_tricks.utilities.isolation import evaluating
 from lightning_tricks.utilities.loaders import require_loader
 from lightning_tricks.utilities.media import log_image, log_table
 from lightning_tricks.utilities.plots import new_figure
-from lightning_tricks.utilities.protocol import ModelAdapter
+from lightning_tricks.utilities.protocol import ModelAdapter, logits_of
 
 COLUMNS = ["epoch", "step", "split", "index", "input", "label", "prediction", "p_true", "loss"]
 
@@ -77,14 +78,15 @@ class PredictionDynamics(Callback):
             return
         if not self.indices:
             self._choose(trainer, pl_module)
-        task = self.adapter.task_of(pl_module)
+        task = None
         for split, indices in self.indices.items():
             dataset = self._dataset(trainer, pl_module, split)
             batch = trainer.strategy.batch_to_device(default_collate([dataset[i] for i in indices]))
             inputs, targets = self.adapter.inputs_targets(pl_module, batch)
             self._remember_inputs(split, indices, inputs)
             with evaluating(pl_module):
-                outputs = pl_module(inputs)
+                task = task or self.adapter.task_of(pl_module, batch)
+                outputs = logits_of(pl_module(inputs))
                 for k, index in enumerate(indices):
                     self.history.append(
                         self._row(trainer, task, split, index, outputs[k : k + 1], targets[k : k + 1], pl_module)
@@ -112,7 +114,12 @@ class PredictionDynamics(Callback):
                 )
 
     def _row(self, trainer, task, split, index, output, target, pl_module) -> dict[str, Any]:
-        loss = float(self.adapter.loss(pl_module, output, target))
+        # Per sample: the module's loss function if it has one, else the task's closed form (the step's
+        # loss is a batch mean, which cannot be split into samples).
+        if self.adapter.has_loss_function(pl_module):
+            loss = float(self.adapter.loss(pl_module, output, target))
+        else:
+            loss = float(per_sample_loss(task, output, target)[0])
         if task == "multiclass":
             probabilities = torch.softmax(output.float(), -1)[0]
             label = int(target[0])

@@ -33,7 +33,9 @@ tensor([0, 1])
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import weakref
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,7 +46,7 @@ from torch import nn
 from lightning_tricks.utilities.arguments import TASKS, check_task
 
 #: Dict keys tried, in order, for the inputs and the targets of a dict batch.
-INPUT_KEYS = ("inputs", "input", "x", "image", "images", "features", "input_ids", "data")
+INPUT_KEYS = ("inputs", "input", "x", "image", "images", "pixel_values", "features", "input_ids", "data")
 TARGET_KEYS = ("targets", "target", "y", "label", "labels")
 
 _PROTOCOL_HINT = "See lightning_tricks.utilities.protocol (or mix in lightning_tricks.TrickModule) for the conventions."
@@ -63,6 +65,9 @@ _FUNCTIONAL_TASKS = {
     F.smooth_l1_loss: "regression",
     F.huber_loss: "regression",
 }
+
+# Tasks read off a module's outputs (ModelAdapter.task_of), per module.
+_OBSERVED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class AdapterError(TypeError):
@@ -233,6 +238,174 @@ def infer_task(
     return kind
 
 
+def has_loss_function(module: nn.Module, loss_fn: Callable[..., Any] | None = None) -> bool:
+    """Whether ``(outputs, targets) -> loss`` exists: ``loss_fn=``, ``compute_loss``, ``criterion`` or ``loss_fn``.
+
+    :class:`TrickModule`'s default ``compute_loss`` only applies ``criterion``, so it counts only with one.
+    """
+    if (
+        loss_fn is not None
+        or callable(getattr(module, "criterion", None))
+        or callable(getattr(module, "loss_fn", None))
+    ):
+        return True
+    compute = getattr(type(module), "compute_loss", None)
+    return callable(compute) and compute is not TrickModule.compute_loss
+
+
+@contextmanager
+def _no_logging(module: nn.Module) -> Iterator[None]:
+    """``module.log`` / ``log_dict`` as no-ops: a step run by a callback must not log (nor fail to, outside a loop)."""
+    names = [n for n in ("log", "log_dict") if callable(getattr(module, n, None))]
+    saved = {n: module.__dict__[n] for n in names if n in module.__dict__}
+    for name in names:
+        object.__setattr__(module, name, lambda *args, **kwargs: None)
+    try:
+        yield
+    finally:
+        for name in names:
+            if name in saved:
+                object.__setattr__(module, name, saved[name])
+            else:
+                module.__dict__.pop(name, None)
+
+
+def check_elementwise_shapes(fn: Any, outputs: Any, targets: Any) -> None:
+    """Refuse an elementwise loss (MSE, L1, BCE, ...) on outputs and targets of different shapes.
+
+    ``MSELoss`` of ``(N, 1)`` outputs against ``(N,)`` targets broadcasts to ``(N, N)`` and returns a
+    wrong number without an error (measured: 1051.3 where the module's own loss was 1038.3). A
+    module that squeezes in its step knows what it means; a callback does not guess.
+    """
+    elementwise = isinstance(fn, (*_BCE_LOSSES, *_REGRESSION_LOSSES)) or _FUNCTIONAL_TASKS.get(fn) in (
+        "bce",
+        "regression",
+    )
+    if not elementwise or not isinstance(outputs, torch.Tensor) or not isinstance(targets, torch.Tensor):
+        return
+    if outputs.shape != targets.shape:
+        raise AdapterError(
+            f"The loss {fn!r} would compare outputs of shape {tuple(outputs.shape)} with targets of shape "
+            f"{tuple(targets.shape)} and broadcast them into a wrong number. Define "
+            f"`compute_loss(self, outputs, targets)` that reshapes as your training_step does (e.g. "
+            f"`outputs.squeeze(-1)`), or pass `loss_fn=`; without a `criterion`/`loss_fn` attribute the "
+            f"callbacks use your training_step's own loss. {_PROTOCOL_HINT}"
+        )
+
+
+def step_loss(module: nn.Module, batch: Any, batch_idx: int = 0) -> torch.Tensor:
+    """The loss the module's own step returns for ``batch``, with its logging suppressed.
+
+    In training mode ``training_step``; in eval mode ``validation_step`` when it returns a loss, else
+    ``training_step`` (many ``validation_step`` only log). A step may return the loss tensor or a
+    dict with ``"loss"``. This is the route for a module that computes its loss inline
+    (``F.cross_entropy(self(x), y)`` in its step): one scalar, the batch mean as the module defines it.
+
+    Raises:
+        AdapterError: manual optimization (the step would step the optimizers itself), or a step that
+            returns no scalar loss.
+    """
+    name = type(module).__name__
+    if getattr(module, "automatic_optimization", True) is False:
+        raise AdapterError(
+            f"{name} uses manual optimization: its training_step steps the optimizers itself, so a callback "
+            f"cannot run it for a loss. Define `compute_loss(self, outputs, targets)` or a `criterion`, or "
+            f"pass `loss_fn=` to the callback. {_PROTOCOL_HINT}"
+        )
+    hooks = ["training_step"]
+    if not module.training and _overrides(module, "validation_step"):
+        hooks.insert(0, "validation_step")
+    returned = None
+    for hook in hooks:
+        if not _overrides(module, hook):
+            continue
+        with _no_logging(module):
+            returned = getattr(module, hook)(batch, batch_idx)
+        loss = returned.get("loss") if isinstance(returned, Mapping) else returned
+        if isinstance(loss, torch.Tensor) and loss.numel() == 1:
+            return loss.reshape(())
+    raise AdapterError(
+        f"Cannot find the loss of {name}: it has no `compute_loss`, `criterion` or `loss_fn`, and its "
+        f"{' / '.join(hooks)} returned {type(returned).__name__}, not a scalar loss tensor (or a dict with "
+        f"'loss'). Return the loss from `training_step`, define `compute_loss(self, outputs, targets)`, or "
+        f"pass `loss_fn=` to the callback. {_PROTOCOL_HINT}"
+    )
+
+
+def _overrides(module: nn.Module, hook: str) -> bool:
+    """Whether ``module`` defines ``hook`` itself (not Lightning's default, which does nothing useful here)."""
+    own = getattr(type(module), hook, None)
+    if own is None:
+        return False
+    import lightning.pytorch as pl
+
+    return not isinstance(module, pl.LightningModule) or own is not getattr(pl.LightningModule, hook, None)
+
+
+def observed_task(outputs: Any, targets: Any) -> str | None:
+    """The task that a batch's outputs and targets show, or None when they do not say.
+
+    - integer targets ``(N, ...)`` and float outputs ``(N, C, ...)`` with ``C > 1``: multiclass
+      (the class dimension second, as ``F.cross_entropy`` wants: ``(N, C, H, W)`` for segmentation);
+    - targets of 0/1 (bool, integer or float) and one output per sample: binary;
+    - 0/1 targets of the outputs' shape ``(N, K)``, ``K > 1``: multilabel;
+    - float targets otherwise: regression.
+
+    >>> observed_task(torch.zeros(4, 3), torch.tensor([0, 2, 1, 0]))
+    'multiclass'
+    >>> observed_task(torch.zeros(4, 1), torch.tensor([0.0, 1.0, 1.0, 0.0]))
+    'binary'
+    >>> observed_task(torch.zeros(4), torch.tensor([0.5, 2.0, 1.0, 3.0]))
+    'regression'
+    """
+    outputs = logits_of(outputs)
+    if not isinstance(outputs, torch.Tensor) or not isinstance(targets, torch.Tensor) or outputs.ndim == 0:
+        return None
+    n = outputs.shape[0]
+    if targets.ndim == 0 or targets.shape[0] != n:
+        return None
+    zero_one = targets.numel() > 0 and bool(((targets == 0) | (targets == 1)).all())
+    per_sample = outputs[0].numel()
+    if not targets.is_floating_point() and targets.dtype != torch.bool:
+        if outputs.ndim >= 2 and outputs.shape[1] > 1 and tuple(targets.shape) == (n, *outputs.shape[2:]):
+            return "multiclass"
+        if per_sample == 1 and zero_one:
+            return "binary"
+        if targets.shape == outputs.shape and zero_one:
+            return "multilabel"
+        return None
+    if zero_one and per_sample == 1:
+        return "binary"
+    if zero_one and targets.shape == outputs.shape and per_sample > 1:
+        return "multilabel"
+    return "regression"
+
+
+def logits_of(outputs: Any) -> Any:
+    """The prediction tensor of a model's output: a tensor, ``.logits`` (Hugging Face), or a dict/tuple's first."""
+    if isinstance(outputs, torch.Tensor):
+        return outputs
+    logits = getattr(outputs, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    if isinstance(outputs, Mapping):
+        return outputs.get("logits", next(iter(outputs.values()), None))
+    if isinstance(outputs, (tuple, list)) and outputs:
+        return outputs[0]
+    return None
+
+
+def replace_inputs(batch: Any, fn: Callable[[Any], Any]) -> Any:
+    """``batch`` with its inputs replaced by ``fn(inputs)``, by the convention of :func:`default_split_batch`."""
+    if isinstance(batch, (tuple, list)) and len(batch) >= 2:
+        return type(batch)([fn(batch[0]), *batch[1:]])
+    if isinstance(batch, Mapping):
+        key = next((k for k in INPUT_KEYS if k in batch), None)
+        if key is not None:
+            return {**batch, key: fn(batch[key])}
+    raise AdapterError(f"Cannot find the inputs of a batch of type {type(batch).__name__} to replace them.")
+
+
 @dataclass(frozen=True)
 class ModelAdapter:
     """The overrides a callback was given, applied on top of the protocol's defaults.
@@ -258,13 +431,64 @@ class ModelAdapter:
         return split_batch(batch, module, self.split_batch)
 
     def loss(self, module: nn.Module, outputs: Any, targets: Any) -> torch.Tensor:
-        return loss_function(module, self.loss_fn)(outputs, targets)
+        fn = loss_function(module, self.loss_fn)
+        check_elementwise_shapes(fn, outputs, targets)
+        return fn(outputs, targets)
+
+    def has_loss_function(self, module: nn.Module) -> bool:
+        return has_loss_function(module, self.loss_fn)
+
+    def batch_loss(self, module: nn.Module, batch: Any, inputs_fn: Callable[[Any], Any] | None = None) -> torch.Tensor:
+        """The mean loss of ``batch`` (its inputs through ``inputs_fn`` first, if given).
+
+        Through the loss function when there is one (``loss_fn=``, ``compute_loss``, ``criterion``,
+        ``loss_fn``: exact and per-sample capable), else through the module's own step
+        (:func:`step_loss`), which sees the batch exactly as training does.
+        """
+        if self.has_loss_function(module):
+            inputs, targets = self.inputs_targets(module, batch)
+            return self.loss(module, module(inputs if inputs_fn is None else inputs_fn(inputs)), targets)
+        if inputs_fn is not None:
+            if self.split_batch is not None:
+                raise AdapterError(
+                    "With a custom `split_batch` and no loss function the inputs cannot be replaced inside the "
+                    "batch for the module's step: pass `loss_fn=` (or define `compute_loss`) as well."
+                )
+            batch = replace_inputs(batch, inputs_fn)
+        return step_loss(module, batch)
 
     def output_layer_of(self, module: nn.Module) -> tuple[str, nn.Module]:
         return find_output_layer(module, self.output_layer)
 
-    def task_of(self, module: nn.Module) -> str:
-        return infer_task(module, self.task, self.loss_fn, self.output_layer)
+    def task_of(self, module: nn.Module, batch: Any = None) -> str:
+        """The task: ``task=``, the module's ``task``, its loss, else what ``batch`` shows (outputs and targets).
+
+        The last route runs ``module(inputs)`` on ``batch`` (a batch, or a function returning one, called
+        only if the other routes fail; no gradients) and reads
+        :func:`observed_task`; its answer is remembered for the module, so later calls without a
+        batch get it too.
+        """
+        try:
+            return infer_task(module, self.task, self.loss_fn, self.output_layer)
+        except AdapterError as error:
+            known = _OBSERVED.get(module)
+            if known is not None:
+                return known
+            if batch is None:
+                raise
+            try:
+                if callable(batch):  # a batch fetched only when needed
+                    batch = batch()
+                inputs, targets = self.inputs_targets(module, batch)
+                with torch.no_grad():
+                    outputs = module(inputs)
+            except Exception:
+                raise error from None
+            task = observed_task(outputs, targets)
+            if task is None:
+                raise
+            _OBSERVED[module] = task
+            return task
 
 
 class TrickModule:

@@ -1,0 +1,351 @@
+"""Every callback on Lightning code written the way users write it, not the way we wrote ours.
+
+The modules here follow Lightning's docs and tutorials: no ``criterion``, no ``task``, no mixin; the
+loss is computed inline in ``training_step``; loaders are passed to ``trainer.fit``; batches may be
+dicts with extra fields; a regression or 1-logit binary model squeezes its output in its step; a
+datamodule builds its data sets lazily in ``setup(stage)``.
+
+Each cell of the matrix (callback x style) runs a real fit and asserts that the callback worked (its
+result or record exists). Where a closed form exists the number is compared with it: the exact
+mean loss (sum / count) and the loss at init (ln C). A diagnostic must not change the run: the final
+weights with and without it are bit-identical.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning.pytorch as pl
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from lightning_tricks import (
+    ActivationStats,
+    DataInspection,
+    DropoutBatchNormLint,
+    FirstLayerFilters,
+    FullDatasetLoss,
+    GradientDependencyProbe,
+    InitLossCheck,
+    InputIndependentBaseline,
+    LastLayerBiasInit,
+    LRRangeTest,
+    OverfitBatchCheck,
+    PredictionDynamics,
+    SeedEverything,
+    ShuffleCheck,
+    TrainingHealthCheck,
+    VisualizeBatch,
+)
+
+N, D, C = 192, 16, 4
+
+
+def blobs(n: int = N, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``C`` Gaussian blobs in ``D`` dimensions: an easy, clean classification problem."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % C
+    centres = torch.randn(C, D, generator=g) * 2
+    return centres[y] + torch.randn(n, D, generator=g), y
+
+
+class DictDataset(Dataset):
+    """Items as Hugging Face users have them: a dict with the inputs, the label and an id."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {"features": self.x[i], "labels": self.y[i], "id": i}
+
+
+# ------------------------------------------------------------------------------------------ the modules
+class InlineLoss(pl.LightningModule):
+    """The Lightning tutorial's classifier: ``F.cross_entropy`` inside the steps, nothing else declared."""
+
+    def __init__(self, lr: float = 1e-2) -> None:
+        super().__init__()
+        self.lr = lr
+        self.net = nn.Sequential(nn.Linear(D, 32), nn.ReLU(), nn.Linear(32, C))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss = F.cross_entropy(self(x), y)
+        self.log("train_loss", loss)
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x, y = batch
+        self.log("val_loss", F.cross_entropy(self(x), y))
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        x, y = batch
+        self.log("test_loss", F.cross_entropy(self(x), y))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=self.lr)
+
+
+class DictBatches(InlineLoss):
+    """Dict batches with an extra field, and a step that returns ``{"loss": ...}``."""
+
+    def training_step(self, batch: dict, batch_idx: int) -> dict:
+        loss = F.cross_entropy(self(batch["features"]), batch["labels"])
+        self.log("train_loss", loss)
+        return {"loss": loss}
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self.log("val_loss", F.cross_entropy(self(batch["features"]), batch["labels"]))
+
+
+class SqueezedRegression(InlineLoss):
+    """Forward returns ``(N, 1)``; the step squeezes it against ``(N,)`` targets."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(D, 32), nn.ReLU(), nn.Linear(32, 1))
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss = F.mse_loss(self(x).squeeze(-1), y)
+        self.log("train_loss", loss)
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x, y = batch
+        self.log("val_loss", F.mse_loss(self(x).squeeze(-1), y))
+
+
+class SqueezedBinary(SqueezedRegression):
+    """One logit; the step squeezes it for ``binary_cross_entropy_with_logits`` against 0/1 float targets."""
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss = F.binary_cross_entropy_with_logits(self(x).squeeze(-1), y)
+        self.log("train_loss", loss)
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x, y = batch
+        self.log("val_loss", F.binary_cross_entropy_with_logits(self(x).squeeze(-1), y))
+
+
+class LazyData(pl.LightningDataModule):
+    """Builds its data sets in ``setup(stage)``, only those of the stage, and counts the calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setup_calls: list[str | None] = []
+        self.loader_calls = {"train": 0, "val": 0}
+
+    def setup(self, stage: str | None = None) -> None:
+        self.setup_calls.append(stage)
+        if stage == "fit":
+            x, y = blobs()
+            self.train_set, self.val_set = TensorDataset(x[:128], y[:128]), TensorDataset(x[128:], y[128:])
+        if stage == "test":
+            self.test_set = TensorDataset(*blobs(64, seed=1))
+
+    def train_dataloader(self) -> DataLoader:
+        self.loader_calls["train"] += 1
+        return DataLoader(self.train_set, batch_size=32, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        self.loader_calls["val"] += 1
+        return DataLoader(self.val_set, batch_size=32)
+
+    def test_dataloader(self) -> DataLoader:
+        return DataLoader(self.test_set, batch_size=32)
+
+
+def loaders(style: str) -> tuple[DataLoader, DataLoader]:
+    x, y = blobs()
+    if style.startswith("regression"):
+        y = x[:, :3].sum(1) + 0.1 * torch.randn(N, generator=torch.Generator().manual_seed(1))
+    elif style == "binary":
+        y = (x[:, 0] > 0).float()
+    if style == "dict":
+        train, val = DictDataset(x[:128], y[:128]), DictDataset(x[128:], y[128:])
+    else:
+        train, val = TensorDataset(x[:128], y[:128]), TensorDataset(x[128:], y[128:])
+    return DataLoader(train, batch_size=32, shuffle=True), DataLoader(val, batch_size=24)
+
+
+MODELS = {
+    "fit_loaders": InlineLoss,
+    "dict": DictBatches,
+    "regression": SqueezedRegression,
+    "binary": SqueezedBinary,
+    "lazy_datamodule": InlineLoss,
+}
+
+
+def fit(style: str, callbacks: list, max_epochs: int = 1) -> tuple[pl.LightningModule, pl.Trainer, Any]:
+    pl.seed_everything(0, verbose=False)
+    model = MODELS[style]()
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=max_epochs,
+        limit_train_batches=3,
+        callbacks=[SeedEverything(0), *callbacks],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    if style == "lazy_datamodule":
+        data = LazyData()
+        trainer.fit(model, datamodule=data)
+    else:
+        data = loaders(style)
+        trainer.fit(model, train_dataloaders=data[0], val_dataloaders=data[1])
+    return model, trainer, data
+
+
+# Each callback, built small, and what shows that it ran.
+CALLBACKS = {
+    "InitLossCheck": (lambda: InitLossCheck(on_failure="warn"), lambda c: c.result is not None),
+    "LastLayerBiasInit": (lambda: LastLayerBiasInit(), lambda c: c.bias is not None),
+    "GradientDependencyProbe": (lambda: GradientDependencyProbe(on_failure="warn"), lambda c: c.result is not None),
+    "OverfitBatchCheck": (
+        lambda: OverfitBatchCheck(max_steps=30, on_failure="warn"),
+        lambda c: c.result is not None,
+    ),
+    "InputIndependentBaseline": (
+        lambda: InputIndependentBaseline(steps=10, train_batches=2, val_batches=2, on_failure="warn"),
+        lambda c: c.result is not None,
+    ),
+    "ShuffleCheck": (lambda: ShuffleCheck(on_failure="warn"), lambda c: c.result is not None),
+    "TrainingHealthCheck": (lambda: TrainingHealthCheck(on_failure="warn"), lambda c: True),
+    "DropoutBatchNormLint": (lambda: DropoutBatchNormLint(on_failure="warn"), lambda c: c.result is not None),
+    "FullDatasetLoss": (lambda: FullDatasetLoss(), lambda c: bool(c.history)),
+    "PredictionDynamics": (lambda: PredictionDynamics(num_samples=4), lambda c: bool(c.history)),
+    "VisualizeBatch": (lambda: VisualizeBatch(), lambda c: True),
+    "FirstLayerFilters": (lambda: FirstLayerFilters(every_n_epochs=1), lambda c: True),
+    "ActivationStats": (lambda: ActivationStats(every_n_steps=1), lambda c: True),
+    "LRRangeTest": (lambda: LRRangeTest(num_steps=12), lambda c: c.result is not None),
+    "DataInspection": (lambda: DataInspection(top_k=4), lambda c: c.report is not None),
+}
+
+
+@pytest.mark.parametrize("style", sorted(MODELS))
+@pytest.mark.parametrize("name", sorted(CALLBACKS))
+@pytest.mark.filterwarnings("ignore::UserWarning")  # verdicts of short budgets; this asserts that each ran
+def test_callback_works_on_user_style(name: str, style: str, tmp_path: Any, monkeypatch: Any) -> None:
+    monkeypatch.chdir(tmp_path)  # media written to files land here
+    make, ran = CALLBACKS[name]
+    callback = make()
+    fit(style, [callback])
+    assert ran(callback), f"{name} did not run on style {style}"
+
+
+def test_full_dataset_loss_is_the_exact_mean_with_loaders_given_to_fit() -> None:
+    callback = FullDatasetLoss()
+    model, _, (_, val) = fit("regression", [callback])
+    # The module's own loss (it squeezes (N, 1) to (N,)), summed over samples and divided by their count.
+    with torch.no_grad():
+        x, y = val.dataset.tensors
+        exact = float(F.mse_loss(model(x).squeeze(-1), y, reduction="sum") / len(y))
+    assert callback.history[-1]["val"] == pytest.approx(exact, rel=1e-5)
+    assert callback.history[-1]["val_count"] == len(y)
+
+
+def test_init_loss_of_inline_loss_is_ln_c_and_task_is_observed() -> None:
+    check = InitLossCheck(on_failure="raise", rtol=0.25)
+    fit("fit_loaders", [check])
+    assert check.result.passed
+    # ln C for balanced classes; the layer's small default bias (it counts as "at the prior") moves it < 1%.
+    assert check.result.expected == pytest.approx(math.log(C), rel=0.01)
+    assert check.result.measured == pytest.approx(math.log(C), rel=0.25)
+    assert check.result.details["task"] == "multiclass"
+
+
+def test_bias_init_observes_binary_task_of_a_squeezed_one_logit_model() -> None:
+    callback = LastLayerBiasInit()
+    _, _, (train, _) = fit("binary", [callback])
+    p = float(train.dataset.tensors[1].mean())
+    assert float(callback.bias) == pytest.approx(math.log(p / (1 - p)), abs=1e-5)
+
+
+def test_lazy_datamodule_hooks_called_as_often_as_lightning_does() -> None:
+    baseline = fit("lazy_datamodule", [])[2]
+    with_inspection = fit("lazy_datamodule", [DataInspection(top_k=4)])[2]
+    assert with_inspection.setup_calls == baseline.setup_calls == ["fit"]
+
+
+def test_a_test_split_not_set_up_during_fit_is_skipped_with_a_reason(caplog: Any) -> None:
+    callback = FullDatasetLoss(splits=["val", "test"])
+    with caplog.at_level("INFO"):
+        fit("lazy_datamodule", [callback])
+    assert "test" not in callback.history[-1] and "val" in callback.history[-1]
+    assert any("no test data at fit time" in r.getMessage() for r in caplog.records)
+
+
+DIAGNOSTICS = [
+    "InitLossCheck",
+    "GradientDependencyProbe",
+    "OverfitBatchCheck",
+    "InputIndependentBaseline",
+    "ShuffleCheck",
+    "DropoutBatchNormLint",
+    "FullDatasetLoss",
+    "PredictionDynamics",
+    "DataInspection",
+    "LRRangeTest",
+]
+
+
+@pytest.mark.parametrize("name", DIAGNOSTICS)
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_diagnostic_leaves_the_run_bit_identical(name: str, tmp_path: Any, monkeypatch: Any) -> None:
+    monkeypatch.chdir(tmp_path)
+    plain = fit("fit_loaders", [], max_epochs=2)[0]
+    observed = fit("fit_loaders", [CALLBACKS[name][0]()], max_epochs=2)[0]
+    for (key, a), b in zip(plain.state_dict().items(), observed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), f"{name} changed {key}"
+
+
+def test_checkpoint_ensemble_with_loaders_given_to_test(tmp_path: Any) -> None:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from lightning_tricks import CheckpointEnsemble
+
+    pl.seed_everything(0, verbose=False)
+    model, (train, val) = InlineLoss(), loaders("fit_loaders")
+    saver = ModelCheckpoint(dirpath=tmp_path, save_top_k=-1, every_n_epochs=1)
+    options = {"accelerator": "cpu", "logger": False, "enable_progress_bar": False, "enable_model_summary": False}
+    pl.Trainer(max_epochs=2, callbacks=[saver], **options).fit(model, train, val)
+    ensemble = CheckpointEnsemble(checkpoints=str(tmp_path / "*.ckpt"), on_failure="raise")
+    pl.Trainer(callbacks=[ensemble], enable_checkpointing=False, **options).test(model, dataloaders=val)
+    assert ensemble.report is not None and len(ensemble.report.members) == 2
+    assert ensemble.report.task == "multiclass"  # observed: the module declares no task and no loss object
+
+
+class SqueezedRegressionWithCriterion(SqueezedRegression):
+    """A `criterion` attribute too, applied in the step after a squeeze that the callbacks cannot see."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.criterion = nn.MSELoss()
+
+
+def test_a_criterion_that_would_broadcast_is_refused_not_a_wrong_number() -> None:
+    from lightning_tricks.utilities.protocol import AdapterError
+
+    MODELS["regression_criterion"] = SqueezedRegressionWithCriterion
+    try:
+        with pytest.raises(AdapterError, match=r"outputs of shape \(24, 1\) with targets of shape \(24,\)"):
+            fit("regression_criterion", [FullDatasetLoss()])
+    finally:
+        del MODELS["regression_criterion"]
