@@ -21,7 +21,6 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -38,6 +37,7 @@ from lightning_tricks.functional.lr_range import (
     has_diverged,
     lr_sweep,
     resolve_rule,
+    rule_name,
     smooth_centered,
     suggest,
 )
@@ -46,6 +46,7 @@ from lightning_tricks.utilities.isolation import first_optimizer, preserved
 from lightning_tricks.utilities.media import log_image, log_scalars, log_table
 from lightning_tricks.utilities.protocol import ModelAdapter
 from lightning_tricks.utilities.sharding import shard
+from lightning_tricks.utilities.state_keys import StatefulCallback
 
 
 @dataclass
@@ -200,7 +201,7 @@ def lr_range_test(
     smoothed = smooth_centered(losses)
     lrs_array = np.asarray(lrs)
     suggestions = {name: suggest(lrs_array, smoothed, rule) for name, rule in SUGGESTION_RULES.items()}
-    name = suggestion if isinstance(suggestion, str) else getattr(suggestion, "__name__", "custom")
+    name = rule_name(suggestion)
     if name not in suggestions:
         suggestions[name] = suggest(lrs_array, smoothed, suggestion)
     return RangeTestResult(
@@ -283,7 +284,7 @@ def set_learning_rate(trainer: pl.Trainer, lr: float) -> list[list[float]]:
     return scale_trainer_lr(trainer, lr / base if base > 0 else 1.0)
 
 
-class LRRangeTest(Callback):
+class LRRangeTest(StatefulCallback):
     """Run an LR range test at the start of a fresh fit; log the curve and suggestion; optionally use it.
 
     The sweep (``start_lr`` → ``end_lr`` over ``num_steps`` steps, exponential or linear) trains the
@@ -404,6 +405,13 @@ class LRRangeTest(Callback):
             ["lr", "loss", "smoothed"],
             list(zip(result.lrs, result.losses, result.smoothed, strict=True)),
         )
+
+    @property
+    @override
+    def state_key(self) -> str:
+        sweep = {k: self.sweep[k] for k in ("start_lr", "end_lr", "num_steps", "mode", "seed")}
+        # A custom rule is keyed by its name, as the result names it: a function's repr holds an address.
+        return self._generate_state_key(**sweep, suggestion=rule_name(self.sweep["suggestion"]), apply=self.apply)
 
     @override
     def state_dict(self) -> dict[str, Any]:
