@@ -13,7 +13,7 @@ across ranks, so every rank sweeps the same model and reads the same curve.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -42,7 +42,7 @@ from lightning_tricks.functional.lr_range import (
     suggest,
 )
 from lightning_tricks.utilities.arguments import check_float, check_int
-from lightning_tricks.utilities.isolation import first_optimizer, preserved
+from lightning_tricks.utilities.isolation import configured_lrs, first_optimizer, preserved, schedulers_in
 from lightning_tricks.utilities.media import log_image, log_scalars, log_table
 from lightning_tricks.utilities.protocol import ModelAdapter
 from lightning_tricks.utilities.sharding import shard
@@ -93,11 +93,16 @@ class RangeTestResult:
         return figure
 
 
-def clone_optimizer(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
-    """A new optimizer of the same class over the same parameters, with the same per-group settings, no state."""
+def clone_optimizer(optimizer: torch.optim.Optimizer, schedulers: Iterable[Any] = ()) -> torch.optim.Optimizer:
+    """A new optimizer of the same class over the same parameters, with the same per-group settings, no state.
+
+    Each group starts at the LR the user configured (:func:`configured_lrs`), not where a scheduler
+    moved it: the sweep keeps the groups' ratios, which a warmup from 0 would otherwise erase.
+    """
+    lrs = configured_lrs(optimizer, schedulers)
     groups = [
-        {**{k: v for k, v in g.items() if k != "initial_lr"}, "params": list(g["params"])}
-        for g in optimizer.param_groups
+        {**{k: v for k, v in g.items() if k != "initial_lr"}, "params": list(g["params"]), "lr": lr}
+        for g, lr in zip(optimizer.param_groups, lrs, strict=True)
     ]
     try:
         return type(optimizer)(groups, **optimizer.defaults)
@@ -248,7 +253,8 @@ def _make_optimizer(model: nn.Module, optimizer: Any) -> torch.optim.Optimizer:
     configure = getattr(model, "configure_optimizers", None)
     if configure is None:
         raise ValueError("LRRangeTest: pass `optimizer=` (an optimizer or a factory taking the parameters).")
-    return clone_optimizer(first_optimizer(configure()))
+    configured = configure()
+    return clone_optimizer(first_optimizer(configured), schedulers_in(configured))
 
 
 def _average_gradients(model: nn.Module, average: Callable[[torch.Tensor], torch.Tensor]) -> None:
