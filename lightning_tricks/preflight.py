@@ -118,6 +118,8 @@ class _RunChecks(Callback):
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # The fit ends before its first step: Lightning's fit loop checks `should_stop` before it starts.
+        trainer.should_stop = True
         run_initialisers(trainer, pl_module)
         for check in self.checks:
             on_failure, check.on_failure = check.on_failure, "ignore"
@@ -146,7 +148,10 @@ def run_preflight(
     """Run the recipe's checks on ``model`` and its data; return the report (nothing is trained or changed).
 
     ``trainer_kwargs`` go to the ``Trainer`` (e.g. ``accelerator="gpu"``, ``devices=2, strategy="ddp"``,
-    ``logger=WandbLogger(...)`` to log the checks' numbers and figures).
+    ``logger=WandbLogger(...)`` to log the checks' numbers and figures). Give it the run's ``max_epochs``
+    / ``max_steps`` (default: one epoch): ``configure_optimizers`` runs as in the real run, and a
+    scheduler sized from ``trainer.estimated_stepping_batches`` (OneCycleLR) needs a length. The fit
+    stops at fit start, after the checks, whatever the length; ``min_epochs``/``min_steps`` are ignored.
     """
     runner = _RunChecks(default_checks() if checks is None else checks)
     settings = {
@@ -158,8 +163,13 @@ def run_preflight(
         "enable_model_summary": False,
         "num_sanity_val_steps": 0,
         **trainer_kwargs,
-        "max_steps": 0,  # the checks run at fit start; no training step follows
+        # The checks run at fit start and then stop the fit (`_RunChecks`): no training step follows.
+        # Not max_steps=0, which made estimated_stepping_batches 0 and OneCycleLR(total_steps=0) fail.
+        "min_epochs": None,
+        "min_steps": None,
     }
+    if "max_epochs" not in settings and "max_steps" not in settings:
+        settings["max_epochs"] = 1  # Lightning would pick 1000 epochs, with a warning
     settings["callbacks"] = [*settings.get("callbacks", []), runner]
     # Without a folder of the user's, files the Trainer or media layer would write go to a temporary
     # one: the figures stay in the report (report.save writes them where the user wants).

@@ -7,13 +7,13 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback
 from torch import nn
 from typing_extensions import override
 
 from lightning_tricks.utilities.arguments import check_int
 from lightning_tricks.utilities.media import log_image, log_scalars
 from lightning_tricks.utilities.plots import new_figure
+from lightning_tricks.utilities.state_keys import StatefulCallback
 
 RECTIFIERS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Mish, nn.Softplus)
 SQUASHERS = (nn.Tanh, nn.Sigmoid, nn.Hardtanh, nn.Softsign)
@@ -37,7 +37,7 @@ def activation_summary(module: nn.Module, output: torch.Tensor) -> dict[str, flo
     return stats
 
 
-class ActivationStats(Callback):
+class ActivationStats(StatefulCallback):
     """Every ``every_n_steps`` steps, hook the layers during that step's own forward and record activation health.
 
     Watched: activation modules (ReLU family: fraction of dead units; tanh/sigmoid: fraction
@@ -130,6 +130,11 @@ class ActivationStats(Callback):
             ax.set_title(f"activations: {title}")
             figure.colorbar(image, ax=ax)
         return figure
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(every_n_steps=self.every_n_steps, max_layers=self.max_layers)
 
     @override
     def state_dict(self) -> dict[str, Any]:

@@ -23,7 +23,6 @@ from itertools import pairwise
 from typing import Any
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.parsing import lightning_getattr, lightning_hasattr, lightning_setattr
 from typing_extensions import override
@@ -32,6 +31,7 @@ from lightning_tricks.callbacks.lr_batch_scaling import loader_batch_size, scale
 from lightning_tricks.functional.lr_scaling import check_rule, lr_scale_factor
 from lightning_tricks.utilities.arguments import check_int
 from lightning_tricks.utilities.media import log_scalars
+from lightning_tricks.utilities.state_keys import StatefulCallback
 
 
 def check_milestones(milestones: Any, owner: str = "BatchSizeSchedule") -> list[int]:
@@ -49,7 +49,7 @@ def check_milestones(milestones: Any, owner: str = "BatchSizeSchedule") -> list[
     return values
 
 
-class BatchSizeSchedule(Callback):
+class BatchSizeSchedule(StatefulCallback):
     """Multiply the per-device training batch size by ``factor`` at the start of each milestone epoch.
 
     Every rank grows its own batch, so under DDP the global batch follows the schedule too. With
@@ -226,6 +226,12 @@ class BatchSizeSchedule(Callback):
         if self._user_reload is not None:  # the run ended just before a milestone epoch
             trainer.reload_dataloaders_every_n_epochs = self._user_reload
             self._user_reload = None
+
+    @property
+    @override
+    def state_key(self) -> str:
+        # The state is the batch size held in `attr_name`; milestones may be extended when resuming.
+        return self._generate_state_key(attr_name=self.attr_name)
 
     @override
     def state_dict(self) -> dict[str, Any]:

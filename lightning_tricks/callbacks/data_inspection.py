@@ -19,7 +19,6 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.seed import isolate_rng
 from torch.utils.data import DataLoader, IterableDataset, default_collate
@@ -43,6 +42,7 @@ from lightning_tricks.utilities.media import log_image, log_scalars, log_table, 
 from lightning_tricks.utilities.plots import new_figure
 from lightning_tricks.utilities.protocol import ModelAdapter, logits_of
 from lightning_tricks.utilities.sharding import strided
+from lightning_tricks.utilities.state_keys import StatefulCallback
 
 SPLITS = ("train", "val", "test")
 TABLE_ROWS = ("top_k", "all")
@@ -104,7 +104,7 @@ def _cell(values: torch.Tensor) -> Any:
     return " ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in flat)
 
 
-class DataInspection(Callback):
+class DataInspection(StatefulCallback):
     """Inspect the data at fit start; after training, sort every sample of ``splits`` by loss.
 
     After training (and every ``every_n_epochs`` epochs, if set) every sample is scored in eval mode
@@ -388,6 +388,16 @@ class DataInspection(Callback):
         return len({type(v) for v in values}) <= 1
 
     # ---- checkpoints ---------------------------------------------------------------------------------
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(
+            splits=tuple(self.splits),
+            at_fit_start=self.at_fit_start,
+            at_fit_end=self.at_fit_end,
+            every_n_epochs=self.every_n_epochs,
+        )
 
     @override
     def state_dict(self) -> dict[str, Any]:

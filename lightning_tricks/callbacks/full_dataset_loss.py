@@ -15,7 +15,6 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
@@ -25,11 +24,12 @@ from lightning_tricks.utilities.isolation import evaluating
 from lightning_tricks.utilities.loaders import stage_loader
 from lightning_tricks.utilities.protocol import ModelAdapter, logits_of
 from lightning_tricks.utilities.sharding import shard
+from lightning_tricks.utilities.state_keys import StatefulCallback
 
 SPLITS = ("train", "val", "test")
 
 
-class FullDatasetLoss(Callback):
+class FullDatasetLoss(StatefulCallback):
     """Log the exact mean loss (and accuracy) over whole data sets every ``every_n_epochs`` epochs.
 
     Logged through ``LightningModule.log`` as ``tricks/full_loss/<split>`` (and
@@ -129,6 +129,11 @@ class FullDatasetLoss(Callback):
             return None
         accuracy = float(totals[2] / totals[1]) if task != "regression" and not unscored else None
         return float(totals[0] / totals[1]), accuracy, count
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(splits=tuple(self.splits), every_n_epochs=self.every_n_epochs)
 
     @override
     def state_dict(self) -> dict[str, Any]:

@@ -28,7 +28,8 @@ class InputIndependentBaseline(RecipeCheck):
     """Train the model twice from its initial weights — on real inputs and on zeroed inputs — and compare.
 
     Both runs take ``steps`` optimizer steps over rank 0's first ``train_batches`` training batches
-    (same order, same seed, fresh optimizers from ``configure_optimizers``) and are scored on the
+    (same order, same seed, fresh optimizers from ``configure_optimizers`` at the LRs the user
+    configured, see :func:`~lightning_tricks.utilities.isolation.configured_lrs`) and are scored on the
     first ``val_batches`` validation batches (zeroed for the baseline). The check fails when the real
     model's validation loss is not below ``(1 - margin)`` times the baseline's: the model ignores its
     input, or inputs and labels are misaligned. The model and RNG are restored afterwards.
@@ -63,7 +64,7 @@ class InputIndependentBaseline(RecipeCheck):
         prepare = zeros_like_inputs if zero else None
         curve = []
         with preserved(pl_module, seed=self.seed), torch.enable_grad():
-            optimizer = fresh_optimizer(pl_module, self.optimizer)
+            optimizer = fresh_optimizer(pl_module, self.optimizer, owner="InputIndependentBaseline")
             pl_module.train()
             for step in range(self.steps):
                 optimizer.zero_grad(set_to_none=True)

@@ -7,7 +7,6 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.seed import isolate_rng
 from typing_extensions import override
@@ -20,9 +19,10 @@ from lightning_tricks.utilities.media import log_image, log_scalars
 from lightning_tricks.utilities.plots import new_figure
 from lightning_tricks.utilities.protocol import AdapterError, ModelAdapter, check_task
 from lightning_tricks.utilities.sharding import shard
+from lightning_tricks.utilities.state_keys import StatefulCallback
 
 
-class LastLayerBiasInit(Callback):
+class LastLayerBiasInit(StatefulCallback):
     """Set the output layer's bias from the training targets so the initial prediction is the prior.
 
     Streams the training loader (up to ``max_batches``) once, at the start of a fresh fit (before the
@@ -158,6 +158,16 @@ class LastLayerBiasInit(Callback):
         ax.set_ylabel("prior (training set)")
         ax.set_title("LastLayerBiasInit: class priors")
         log_image(trainer, "tricks/bias_init/priors", figure)
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(
+            task=self.task,
+            output_layer=self.adapter.output_layer,
+            max_batches=self.max_batches,
+            zero_weights=self.zero_weights,
+        )
 
     @override
     def state_dict(self) -> dict[str, Any]:

@@ -12,7 +12,6 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
@@ -26,6 +25,7 @@ from lightning_tricks.functional.lr_scaling import (
 )
 from lightning_tricks.utilities.arguments import check_int
 from lightning_tricks.utilities.media import log_scalars
+from lightning_tricks.utilities.state_keys import StatefulCallback
 
 
 def loader_batch_size(loader: Any) -> int | None:
@@ -42,7 +42,7 @@ def scale_trainer_lr(trainer: pl.Trainer, factor: float) -> list[list[float]]:
     return [scale_optimizer_lr(optimizer, factor, schedulers) for optimizer in trainer.optimizers]
 
 
-class LRBatchScaling(Callback):
+class LRBatchScaling(StatefulCallback):
     """Multiply the LR by ``B / B_ref`` (or its square root) once, at the start of a fresh fit.
 
     ``B`` is the effective global batch size: per-device batch (read from the training loader, or
@@ -204,6 +204,14 @@ class LRBatchScaling(Callback):
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self._remove_hooks()
+
+    @property
+    @override
+    def state_key(self) -> str:
+        # The arguments the scaling factor in the state depends on.
+        return self._generate_state_key(
+            reference_batch_size=self.reference_batch_size, rule=self.rule, batch_size=self.batch_size
+        )
 
     @override
     def state_dict(self) -> dict[str, Any]:

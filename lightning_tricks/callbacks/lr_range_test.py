@@ -13,7 +13,7 @@ across ranks, so every rank sweeps the same model and reads the same curve.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -21,7 +21,6 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -38,14 +37,16 @@ from lightning_tricks.functional.lr_range import (
     has_diverged,
     lr_sweep,
     resolve_rule,
+    rule_name,
     smooth_centered,
     suggest,
 )
 from lightning_tricks.utilities.arguments import check_float, check_int
-from lightning_tricks.utilities.isolation import first_optimizer, preserved
+from lightning_tricks.utilities.isolation import configured_lrs, first_optimizer, preserved, schedulers_in
 from lightning_tricks.utilities.media import log_image, log_scalars, log_table
 from lightning_tricks.utilities.protocol import ModelAdapter
 from lightning_tricks.utilities.sharding import shard
+from lightning_tricks.utilities.state_keys import StatefulCallback
 
 
 @dataclass
@@ -92,11 +93,16 @@ class RangeTestResult:
         return figure
 
 
-def clone_optimizer(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
-    """A new optimizer of the same class over the same parameters, with the same per-group settings, no state."""
+def clone_optimizer(optimizer: torch.optim.Optimizer, schedulers: Iterable[Any] = ()) -> torch.optim.Optimizer:
+    """A new optimizer of the same class over the same parameters, with the same per-group settings, no state.
+
+    Each group starts at the LR the user configured (:func:`configured_lrs`), not where a scheduler
+    moved it: the sweep keeps the groups' ratios, which a warmup from 0 would otherwise erase.
+    """
+    lrs = configured_lrs(optimizer, schedulers)
     groups = [
-        {**{k: v for k, v in g.items() if k != "initial_lr"}, "params": list(g["params"])}
-        for g in optimizer.param_groups
+        {**{k: v for k, v in g.items() if k != "initial_lr"}, "params": list(g["params"]), "lr": lr}
+        for g, lr in zip(optimizer.param_groups, lrs, strict=True)
     ]
     try:
         return type(optimizer)(groups, **optimizer.defaults)
@@ -199,7 +205,7 @@ def lr_range_test(
     smoothed = smooth_centered(losses)
     lrs_array = np.asarray(lrs)
     suggestions = {name: suggest(lrs_array, smoothed, rule) for name, rule in SUGGESTION_RULES.items()}
-    name = suggestion if isinstance(suggestion, str) else getattr(suggestion, "__name__", "custom")
+    name = rule_name(suggestion)
     if name not in suggestions:
         suggestions[name] = suggest(lrs_array, smoothed, suggestion)
     return RangeTestResult(
@@ -246,7 +252,8 @@ def _make_optimizer(model: nn.Module, optimizer: Any) -> torch.optim.Optimizer:
     configure = getattr(model, "configure_optimizers", None)
     if configure is None:
         raise ValueError("LRRangeTest: pass `optimizer=` (an optimizer or a factory taking the parameters).")
-    return clone_optimizer(first_optimizer(configure()))
+    configured = configure()
+    return clone_optimizer(first_optimizer(configured), schedulers_in(configured))
 
 
 def _average_gradients(model: nn.Module, average: Callable[[torch.Tensor], torch.Tensor]) -> None:
@@ -282,7 +289,7 @@ def set_learning_rate(trainer: pl.Trainer, lr: float) -> list[list[float]]:
     return scale_trainer_lr(trainer, lr / base if base > 0 else 1.0)
 
 
-class LRRangeTest(Callback):
+class LRRangeTest(StatefulCallback):
     """Run an LR range test at the start of a fresh fit; log the curve and suggestion; optionally use it.
 
     The sweep (``start_lr`` → ``end_lr`` over ``num_steps`` steps, exponential or linear) trains the
@@ -403,6 +410,13 @@ class LRRangeTest(Callback):
             ["lr", "loss", "smoothed"],
             list(zip(result.lrs, result.losses, result.smoothed, strict=True)),
         )
+
+    @property
+    @override
+    def state_key(self) -> str:
+        sweep = {k: self.sweep[k] for k in ("start_lr", "end_lr", "num_steps", "mode", "seed")}
+        # A custom rule is keyed by its name, as the result names it: a function's repr holds an address.
+        return self._generate_state_key(**sweep, suggestion=rule_name(self.sweep["suggestion"]), apply=self.apply)
 
     @override
     def state_dict(self) -> dict[str, Any]:

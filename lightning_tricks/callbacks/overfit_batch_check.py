@@ -48,8 +48,10 @@ class OverfitBatchCheck(RecipeCheck):
 
     The batch is the first ``batch_size`` samples of rank 0's first training batch (the same on every
     rank), trained with dropout off and BatchNorm on the batch's statistics. The optimizer comes from
-    ``configure_optimizers`` (or ``optimizer=``, a factory taking the parameters); the model's weights,
-    buffers, gradients and modes and the RNG are restored afterwards.
+    ``configure_optimizers``, each param group at the LR the user configured whatever the scheduler
+    (:func:`~lightning_tricks.utilities.isolation.configured_lrs`: OneCycle's ``max_lr``, else the LR
+    the optimizer was built with), or from ``optimizer=``, a factory taking the parameters; the
+    model's weights, buffers, gradients and modes and the RNG are restored afterwards.
     Classification must also reach 100% accuracy on the batch. The loss curve is logged as a figure.
 
     Args:
@@ -96,7 +98,7 @@ class OverfitBatchCheck(RecipeCheck):
         losses: list[float] = []
         solved_at, exact = None, None
         with preserved(pl_module, seed=self.seed), torch.enable_grad():
-            optimizer = fresh_optimizer(pl_module, self.optimizer)
+            optimizer = fresh_optimizer(pl_module, self.optimizer, owner="OverfitBatchCheck")
             train_without_dropout(pl_module)
             for step in range(self.max_steps):
                 optimizer.zero_grad(set_to_none=True)

@@ -6,7 +6,6 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
 from torch.utils.data import default_collate
 from typing_extensions import override
 
@@ -19,11 +18,12 @@ from lightning_tricks.utilities.loaders import require_loader
 from lightning_tricks.utilities.media import log_image, log_table
 from lightning_tricks.utilities.plots import new_figure
 from lightning_tricks.utilities.protocol import ModelAdapter, logits_of
+from lightning_tricks.utilities.state_keys import StatefulCallback
 
 COLUMNS = ["epoch", "step", "split", "index", "input", "label", "prediction", "p_true", "loss"]
 
 
-class PredictionDynamics(Callback):
+class PredictionDynamics(StatefulCallback):
     """Every ``every_n_epochs`` epochs, record predictions on a fixed, seeded set of samples.
 
     ``num_samples`` validation samples (and ``num_train_samples`` training samples) are drawn once
@@ -178,6 +178,16 @@ class PredictionDynamics(Callback):
         for row in self.history:
             groups.setdefault((row["split"], row["index"]), []).append(row)
         return groups
+
+    @property
+    @override
+    def state_key(self) -> str:
+        # Not the seed: a resumed run follows the samples it started with, whatever seed it is given.
+        return self._generate_state_key(
+            num_samples=self.num_samples,
+            num_train_samples=self.num_train_samples,
+            every_n_epochs=self.every_n_epochs,
+        )
 
     @override
     def state_dict(self) -> dict[str, Any]:

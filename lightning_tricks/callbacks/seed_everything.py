@@ -45,6 +45,9 @@ class SeedEverything(Callback):
             The previous setting is restored at teardown.
         log_hyperparams: record ``seed`` in the loggers' hyper-parameters.
 
+    A Trainer holds one (its checkpoint key is the class name): a process has one global RNG, so a
+    second instance would overwrite the first one's seeds and restored states; Lightning refuses it.
+
     Example::
 
         trainer = Trainer(callbacks=[SeedEverything(seed=0)], max_epochs=4)

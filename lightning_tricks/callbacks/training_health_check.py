@@ -16,8 +16,9 @@ from lightning_tricks.utilities.arguments import check_int
 class TrainingHealthCheck(RecipeCheck):
     """Watch the first ``window`` training steps: every loss finite, none ``blowup`` times the first, and falling.
 
-    The loss is what ``training_step`` returned (the tensor, or the ``"loss"`` entry), averaged over
-    ranks every step of the window, so every rank reaches the same verdict at the same step. A
+    The loss is what ``training_step`` returned (the tensor, or the ``"loss"`` entry; not Lightning's
+    copy divided by ``accumulate_grad_batches``), one per training batch, averaged over ranks every
+    step of the window, so every rank reaches the same verdict at the same step. A
     non-finite loss fails at once, naming the step and value. Defaults to ``on_failure="warn"``:
     the run goes on, but you are told.
 
@@ -61,7 +62,12 @@ class TrainingHealthCheck(RecipeCheck):
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if not isinstance(loss, torch.Tensor):
             return
-        value = float(trainer.strategy.reduce(loss.detach().float(), reduce_op="mean"))
+        loss = loss.detach().float()
+        if pl_module.automatic_optimization:
+            # Lightning hands callbacks the loss divided by accumulate_grad_batches (what it back-propagates);
+            # the check judges what training_step returned (exact for a power-of-two factor, else to rounding).
+            loss = loss * trainer.accumulate_grad_batches
+        value = float(trainer.strategy.reduce(loss, reduce_op="mean"))
         self.losses.append(value)
         step = trainer.global_step
         details = {"steps_watched": len(self.losses)}

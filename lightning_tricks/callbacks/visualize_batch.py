@@ -7,7 +7,6 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback
 from typing_extensions import override
 
 from lightning_tricks.functional.images import make_grid
@@ -15,6 +14,7 @@ from lightning_tricks.utilities.arguments import check_int
 from lightning_tricks.utilities.media import log_image, log_table
 from lightning_tricks.utilities.plots import new_figure
 from lightning_tricks.utilities.protocol import ModelAdapter
+from lightning_tricks.utilities.state_keys import StatefulCallback
 
 
 def looks_like_images(x: torch.Tensor) -> bool:
@@ -24,7 +24,7 @@ def looks_like_images(x: torch.Tensor) -> bool:
     return x.ndim == 3 and min(x.shape[1:]) >= 4 and x.is_floating_point()
 
 
-class VisualizeBatch(Callback):
+class VisualizeBatch(StatefulCallback):
     """Log the first ``num_batches`` training batches as the model receives them.
 
     A forward pre-hook on the LightningModule captures the input of its first forward call in each
@@ -167,6 +167,11 @@ class VisualizeBatch(Callback):
         ax.set_ylabel("samples in the batch")
         ax.set_title("labels of the batch")
         return figure
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(num_batches=self.num_batches, max_samples=self.max_samples)
 
     @override
     def state_dict(self) -> dict[str, Any]:

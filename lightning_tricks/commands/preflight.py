@@ -24,7 +24,8 @@ def preflight(cfg: DictConfig) -> PreflightReport:
     checks = [c for c in callbacks if isinstance(c, RecipeCheck) and c.name != "training_health"]
     loggers = instantiate_group(cfg.get("logger"), "logger")
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
-    trainer_cfg = {k: v for k, v in trainer_cfg.items() if k not in ("_target_", "max_epochs")}
+    # The run's length goes along: configure_optimizers may size a schedule from it (run_preflight stops at fit start).
+    trainer_cfg = {k: v for k, v in trainer_cfg.items() if k != "_target_"}
     report = run_preflight(model, datamodule, checks=checks, **{**trainer_cfg, "logger": loggers or False})
     if rank_zero_only.rank == 0:
         report.save(cfg.paths.output_dir)

@@ -187,3 +187,12 @@ def resolve_rule(rule: str | SuggestionRule) -> SuggestionRule:
     if rule not in SUGGESTION_RULES:
         raise ValueError(f"`suggestion` must be one of {sorted(SUGGESTION_RULES)} or a function, got {rule!r}.")
     return SUGGESTION_RULES[rule]
+
+
+def rule_name(rule: str | SuggestionRule) -> str:
+    """The name a result and a checkpoint key give ``rule``: its own name, or a function's ``__name__``.
+
+    >>> rule_name("valley"), rule_name(minimum)
+    ('valley', 'minimum')
+    """
+    return rule if isinstance(rule, str) else getattr(rule, "__name__", "custom")
