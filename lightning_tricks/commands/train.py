@@ -77,10 +77,12 @@ def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule, 
     return datamodule, model, trainer
 
 
-def _eval_ckpt(trainer: pl.Trainer, requested: str | None) -> str | None:
-    if requested == "best" and not (trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_path):
-        return None  # no checkpoint to pick from: evaluate the weights in memory
-    return requested
+def _eval_ckpt(requested: str | None, checkpoints: tuple[str | None, str | None]) -> str | None:
+    """The file `eval_ckpt` names: "best" and "last" are the files the summary names (None where there is
+    none: the weights in memory are evaluated). A path, not Lightning's "best", which warns with two
+    ModelCheckpoints and takes the first one's best, whatever it monitors."""
+    best, last = checkpoints
+    return {"best": best, "last": last}.get(requested, requested) if requested else None
 
 
 def train(cfg: DictConfig) -> RunSummary:
@@ -92,14 +94,15 @@ def train(cfg: DictConfig) -> RunSummary:
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         # Read now: validate()/test() restore callback state from the evaluated checkpoint.
         checkpoints = RunSummary.checkpoints_of(trainer)
-        ckpt = _eval_ckpt(trainer, cfg.get("eval_ckpt"))
+        ckpt = _eval_ckpt(cfg.get("eval_ckpt"), checkpoints)
         metrics: dict[str, float] = {}
         for result in trainer.validate(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False):
             metrics.update(result)
         if cfg.get("test", True):
             for result in trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False):
                 metrics.update(result)
-        return RunSummary.from_trainer(trainer, metrics, evaluated=ckpt, checkpoints=checkpoints)
+        evaluated = cfg.get("eval_ckpt") if ckpt else None
+        return RunSummary.from_trainer(trainer, metrics, evaluated=evaluated, checkpoints=checkpoints)
     finally:
         # Hydra multirun runs jobs in one process: close this job's W&B run so the next gets its own.
         for logger in trainer.loggers:
