@@ -61,7 +61,8 @@ class RunSummary:
                 logs.append(("TensorBoard", str(logger.log_dir), f"tensorboard --logdir {logger.log_dir}"))
             elif isinstance(logger, CSVLogger):
                 path = Path(logger.log_dir) / "metrics.csv"
-                logs.append(("CSV metrics", str(path), "pandas.read_csv(path)"))
+                # Not "pandas.read_csv": pandas is not a dependency of the package.
+                logs.append(("CSV metrics", str(path), "any CSV reader (one row per logging step)"))
         humans = [cb.summary() for cb in trainer.callbacks if hasattr(cb, "summary") and hasattr(cb, "model_value")]
         return cls(
             humans=humans,
