@@ -18,7 +18,9 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_tricks.commands.summary import RunSummary
+from lightning_tricks.commands.usage_errors import exits_on_usage_error
 from lightning_tricks.functional.seed import check_seed
+from lightning_tricks.utilities.arguments import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +46,10 @@ def check_run_config(cfg: DictConfig) -> None:
     check_seed(cfg.seed, "seed")
     eval_ckpt = cfg.get("eval_ckpt")
     if eval_ckpt not in (None, "best", "last") and not Path(str(eval_ckpt)).is_file():
-        raise ValueError(f"`eval_ckpt` must be 'best', 'last', null or an existing checkpoint file, got {eval_ckpt!r}.")
+        raise UsageError(f"`eval_ckpt` must be 'best', 'last', null or an existing checkpoint file, got {eval_ckpt!r}.")
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path is not None and not Path(str(ckpt_path)).is_file():
-        raise ValueError(f"`ckpt_path` must be an existing checkpoint file to resume from, got {ckpt_path!r}.")
+        raise UsageError(f"`ckpt_path` must be an existing checkpoint file to resume from, got {ckpt_path!r}.")
 
 
 def build_data_and_model(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule]:
@@ -111,6 +113,7 @@ def train(cfg: DictConfig) -> RunSummary:
 
 
 @hydra.main(version_base="1.3", config_path="pkg://lightning_tricks.conf", config_name="train")
+@exits_on_usage_error
 def main(cfg: DictConfig) -> float | None:
     summary = train(cfg)
     summary.print()
