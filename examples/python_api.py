@@ -73,6 +73,11 @@ def main() -> None:
     pl.seed_everything(SEED, workers=True)
     datamodule = DigitsDataModule(batch_size=64, seed=SEED)  # `seed` picks the train/val/test split
     model = DigitClassifier()
+    # Lightning's own callback: keep the best model by validation loss.
+    best = ModelCheckpoint(dirpath=f"{out}/checkpoints", monitor="val/loss", mode="min")
+    # And last.ckpt, the latest epoch, to resume from: a second one that monitors nothing. Not
+    # `save_last=True` above: Lightning 2.6 rewrites that file only when it saves a new best.
+    last = ModelCheckpoint(dirpath=f"{out}/checkpoints", filename="last", enable_version_counter=False)
 
     trainer = pl.Trainer(
         max_epochs=args.max_epochs,
@@ -84,15 +89,15 @@ def main() -> None:
             # Seeds Python/NumPy/torch/loader workers at fit time and stores the RNG state in every
             # checkpoint, so `trainer.fit(..., ckpt_path=...)` resumes exactly where the run stopped.
             SeedEverything(seed=SEED),
-            # Lightning's own callback: keep the best model by validation loss, and the last one.
-            ModelCheckpoint(dirpath=f"{out}/checkpoints", monitor="val/loss", mode="min", save_last=True),
+            best,
+            last,
         ],
         enable_progress_bar=False,  # keeps the output short; the last line is the result
     )
     trainer.fit(model, datamodule=datamodule)
 
     # Evaluate the best checkpoint (not just the last weights) on the validation set.
-    (metrics,) = trainer.validate(model, datamodule=datamodule, ckpt_path="best", verbose=False)
+    (metrics,) = trainer.validate(model, datamodule=datamodule, ckpt_path=best.best_model_path, verbose=False)
     print(f"val_acc={metrics['val/acc']:.4f}")
 
 

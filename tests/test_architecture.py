@@ -239,7 +239,8 @@ def test_every_command_is_a_module_of_commands_with_a_main() -> None:
     from lightning_tricks.commands.cli import COMMANDS
 
     modules = {p.stem for p in (PACKAGE / "commands").glob("*.py")} - {"__init__", "cli"}
-    helpers = {"summary"}  # the run summary that `train` prints (and `tune` reads)
+    # the run summary that `train` prints (and `tune` reads); how every command ends on a user's mistake
+    helpers = {"summary", "usage_errors"}
     assert {module for module, _ in COMMANDS.values()} == modules - helpers
     for module, _ in COMMANDS.values():
         assert callable(importlib.import_module(f"lightning_tricks.commands.{module}").main)

@@ -128,7 +128,7 @@ def test_negative_learning_rate_fails_before_training_and_keeps_files(tmp_path: 
 def test_bad_run_settings_fail_before_training(tmp_path: Path, override: str, message: str) -> None:
     run_dir = tmp_path / "run"
     proc = cli("train", "logger=csv", override, f"hydra.run.dir={run_dir}", cwd=tmp_path)
-    assert proc.returncode != 0 and message in proc.stderr
+    assert proc.returncode == 2 and message in proc.stderr  # a usage error (tests/test_usage_errors.py)
     assert not (run_dir / "csv").exists() and not (run_dir / "checkpoints").exists()
 
 

@@ -78,7 +78,10 @@ def test_every_option_composes_and_names_real_arguments(group: str, compose_trai
 
 @pytest.mark.parametrize("name", options("callbacks"))
 def test_every_callback_yaml_instantiates_with_real_arguments(name: str, compose_train) -> None:
-    required = {"human_baseline": ["callbacks.human_baseline.value=0.97"]}  # `???` in the YAML: the user's number
+    required = {  # `???` in the YAML: the user's number
+        "human_baseline": ["callbacks.human_baseline.value=0.97"],
+        "last_checkpoint_steps": ["callbacks.last_checkpoint_steps.every_n_train_steps=100"],
+    }
     cfg = compose_train("recipe=none", f"+callbacks@callbacks.{name}={name}", *required.get(name, []))
     node = OmegaConf.to_container(cfg.callbacks[name], resolve=True)
     assert_keys_are_arguments(node, f"callbacks/{name}.yaml")
@@ -98,6 +101,8 @@ def ours(name: str) -> bool:
 def test_the_callbacks_we_reuse_from_lightning_are_the_expected_ones() -> None:
     assert {n for n in options("callbacks") if not ours(n)} == {
         "model_checkpoint",
+        "last_checkpoint",
+        "last_checkpoint_steps",
         "rich_progress_bar",
         "learning_rate_monitor",
         "stochastic_weight_averaging",
@@ -141,11 +146,15 @@ def test_logger_none_means_no_logger(compose_train) -> None:
 
 
 def test_a_callback_can_be_switched_off(compose_train) -> None:
-    names = [type(c).__name__ for c in instantiate_group(compose_train().callbacks, "callbacks")]
-    assert "ModelCheckpoint" in names and "InitLossCheck" in names
+    def described(cfg) -> list[str]:  # the two ModelCheckpoints differ in what they monitor
+        return [
+            f"{type(c).__name__}:{getattr(c, 'monitor', '')}" for c in instantiate_group(cfg.callbacks, "callbacks")
+        ]
+
+    names = described(compose_train())
+    assert {"ModelCheckpoint:val/loss", "ModelCheckpoint:None", "InitLossCheck:"} <= set(names)
     cfg = compose_train("callbacks.model_checkpoint=null", "callbacks.init_loss_check=null")
-    remaining = [type(c).__name__ for c in instantiate_group(cfg.callbacks, "callbacks")]
-    assert remaining == [n for n in names if n not in ("ModelCheckpoint", "InitLossCheck")]
+    assert described(cfg) == [n for n in names if n not in ("ModelCheckpoint:val/loss", "InitLossCheck:")]
 
 
 def test_default_recipe_has_every_preflight_check_warning(compose_train) -> None:

@@ -94,7 +94,8 @@ def assert_weights_equal(model: nn.Module, state: dict[str, torch.Tensor]) -> No
 @pytest.mark.parametrize("restore", [True, False])
 def test_stops_at_the_minimum_plus_patience_and_restores_the_best_checkpoints_weights(tmp_path, restore) -> None:
     best = ModelCheckpoint(dirpath=tmp_path / "best", monitor="val/loss", mode="min", save_top_k=1)
-    # Every epoch's weights (Lightning 2.6's `save_last` only refreshes last.ckpt when a top-k file is written).
+    # Every epoch's weights, to compare with. Not `save_last` on `best`: Lightning 2.6 refreshes that last.ckpt
+    # only when a top-k file is written (test_checkpoints.py checks the shipped configs' last.ckpt).
     every = ModelCheckpoint(dirpath=tmp_path / "every", filename="{epoch}", save_top_k=-1)
     stopping = EarlyStopping("val/loss", patience=3, restore_best_weights=restore)
     _, model = fit(tmp_path, [stopping, best, every], logger=CSVLogger(tmp_path, name="csv", version=0))

@@ -275,7 +275,7 @@ def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
 
 def test_command_rejects_a_glob_that_matches_nothing(tmp_path: Path) -> None:
     proc = cli("ensemble", "checkpoints=nowhere/*.ckpt", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
-    assert proc.returncode != 0 and "the glob 'nowhere/*.ckpt' matches no file" in proc.stderr
+    assert proc.returncode == 2 and "the glob 'nowhere/*.ckpt' matches no file" in proc.stderr
 
 
 @pytest.mark.slow
@@ -319,7 +319,7 @@ def test_command_on_a_seed_multirun(tmp_path: Path) -> None:
     config.data.seed = 7
     OmegaConf.save(config, other)
     proc = cli("ensemble", f"checkpoints={glob}", f"hydra.run.dir={tmp_path / 'mixed'}", cwd=tmp_path)
-    assert proc.returncode != 0 and "The members were trained on different data" in proc.stderr
+    assert proc.returncode == 2 and "The members were trained on different data" in proc.stderr
     assert "data.seed ([42] vs [7])" in proc.stderr and not (tmp_path / "mixed" / "ensemble.json").exists()
 
 

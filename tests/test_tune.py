@@ -290,6 +290,61 @@ def test_a_rerun_with_another_config_does_not_join_the_study(tmp_path: Path) -> 
     assert [t.number for t in study.trials] == [0, 1]
 
 
+# The `lightning-tricks` command in a Python where pandas is not installed, as after a plain `pip install .`
+# (pandas is only a dev extra): the finder of installed packages is told to find no pandas, so
+# `import pandas` raises ModuleNotFoundError and `importlib.util.find_spec("pandas")` is None (W&B and torch
+# probe with it). Not `sys.modules["pandas"] = None`: scikit-learn reads that entry and crashes on None.
+WITHOUT_PANDAS = """
+import importlib.machinery, sys
+
+class PathFinderWithoutPandas(importlib.machinery.PathFinder):
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        return None if name.partition(".")[0] == "pandas" else super().find_spec(name, path, target)
+
+sys.meta_path[:] = [
+    PathFinderWithoutPandas if f is importlib.machinery.PathFinder else f for f in sys.meta_path
+]
+assert "pandas" not in sys.modules and importlib.util.find_spec("pandas") is None
+from lightning_tricks.commands.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_tune_report_is_written_without_pandas(tmp_path: Path) -> None:
+    from lightning_tricks.testing import read_offline_run
+
+    run_dir = tmp_path / "study"
+    tiny = [o for o in TINY if o != "logger=csv"]
+    command = [sys.executable, "-c", WITHOUT_PANDAS, "tune", *tiny, "trainer.max_epochs=1", "logger=wandb"]
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    proc = subprocess.run(
+        [*command, "tune.n_trials=2", "tune.pruner=none", f"hydra.run.dir={run_dir}"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "trials.csv" in proc.stdout and "pandas" not in proc.stdout + proc.stderr
+    best = json.loads((run_dir / "best.json").read_text())
+    with (run_dir / "trials.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [row["number"] for row in rows] == ["0", "1"] and {row["state"] for row in rows} == {"COMPLETE"}
+    row = rows[best["trial"]]
+    assert float(row["value"]) == best["value"]
+    assert float(row["params_model.optimizer.lr"]) == best["params"]["model.optimizer.lr"]
+    overrides = json.loads(row["user_attrs_overrides"])  # the trial's own, after the command line's
+    assert overrides and best["overrides"][-len(overrides) :] == overrides
+    for name in ("optimization_history", "parallel_coordinate", "param_importances"):
+        assert (run_dir / f"tune_{name}.png").stat().st_size > 1000
+    (summary_dir,) = (run_dir / "wandb").glob("offline-run-*")
+    summary = read_offline_run(summary_dir).summary
+    assert summary["best_trial"] == best["trial"] and any(key.startswith("tune/trials") for key in summary)
+
+
 def test_pruning_callback_arguments_are_checked() -> None:
     from lightning_tricks.callbacks import OptunaPruning
 

@@ -29,7 +29,9 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from lightning_tricks.commands.usage_errors import exits_on_usage_error
 from lightning_tricks.ensembling import EnsembleReport, evaluate_checkpoints, expand_checkpoints
+from lightning_tricks.utilities.arguments import UsageError
 from lightning_tricks.utilities.protocol import ModelAdapter
 
 log = logging.getLogger(__name__)
@@ -58,7 +60,7 @@ def _node(config: DictConfig, key: str) -> Any:
 def with_run_config(cfg: DictConfig, paths: list[str]) -> tuple[DictConfig, str | None]:
     """``cfg`` with ``seed``, ``data`` and ``model`` of the members' saved run config, and that file.
 
-    Raises ``ValueError`` naming two members whose runs used different data (another split); options
+    Raises ``UsageError`` naming two members whose runs used different data (another split); options
     that do not change the split (``NOT_THE_SPLIT``: batch size, workers, augmentation) may differ.
     """
     found = {p: f for p in paths if (f := run_config_file(p)) is not None}
@@ -71,7 +73,7 @@ def with_run_config(cfg: DictConfig, paths: list[str]) -> tuple[DictConfig, str 
         other = _node(run, "data")
         keys = sorted(k for k in set(data) | set(other) if k not in NOT_THE_SPLIT and data.get(k) != other.get(k))
         if keys:
-            raise ValueError(
+            raise UsageError(
                 f"The members were trained on different data: {found[first_path]} and {found[path]} differ in "
                 f"data.{', data.'.join(keys)} ({[data.get(k) for k in keys]} vs {[other.get(k) for k in keys]}), "
                 "so one member's test set holds another's training samples. Train the members with the same "
@@ -99,7 +101,7 @@ def ensemble(cfg: DictConfig) -> EnsembleReport:
     from lightning_tricks.commands.train import build_data_and_model
 
     if cfg.split not in SPLITS:
-        raise ValueError(f"`split` must be one of {SPLITS}, got {cfg.split!r}.")
+        raise UsageError(f"`split` must be one of {SPLITS}, got {cfg.split!r}.")
     checkpoints = cfg.checkpoints
     if OmegaConf.is_list(checkpoints):
         checkpoints = OmegaConf.to_container(checkpoints, resolve=True)
@@ -148,6 +150,7 @@ def print_report(report: EnsembleReport, split: str) -> None:
 
 
 @hydra.main(version_base="1.3", config_path="pkg://lightning_tricks.conf", config_name="ensemble")
+@exits_on_usage_error
 def main(cfg: DictConfig) -> None:
     report = ensemble(cfg)
     print_report(report, cfg.split)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning.pytorch as pl
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 
 
@@ -25,9 +26,19 @@ class RunSummary:
 
     @staticmethod
     def checkpoints_of(trainer: pl.Trainer) -> tuple[str | None, str | None]:
-        """(best, last) checkpoint paths of the trainer's ModelCheckpoint, if any."""
-        ckpt = trainer.checkpoint_callback
-        return getattr(ckpt, "best_model_path", "") or None, getattr(ckpt, "last_model_path", "") or None
+        """(best, last) checkpoint files of the trainer's ModelCheckpoints, None where there is none.
+
+        best: the best file of the first ModelCheckpoint that monitors a metric. last: the newest file of
+        those that monitor none (Lightning keeps such a callback's latest save as its ``best_model_path``;
+        ``conf/callbacks/last_checkpoint.yaml`` is one). A monitoring callback's ``save_last`` file is not
+        taken: Lightning 2.6 rewrites it only along with a new top-k file, so it may be an earlier epoch.
+        """
+        callbacks = [c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)]
+        best = next((c.best_model_path for c in callbacks if c.monitor is not None and c.best_model_path), None)
+        latest = [Path(c.best_model_path) for c in callbacks if c.monitor is None and c.best_model_path]
+        # Newest on disk, as Lightning's own ckpt_path="last" picks among its candidates.
+        last = max((p for p in latest if p.is_file()), key=lambda p: p.stat().st_mtime_ns, default=None)
+        return best, str(last) if last else None
 
     @classmethod
     def from_trainer(
@@ -50,7 +61,8 @@ class RunSummary:
                 logs.append(("TensorBoard", str(logger.log_dir), f"tensorboard --logdir {logger.log_dir}"))
             elif isinstance(logger, CSVLogger):
                 path = Path(logger.log_dir) / "metrics.csv"
-                logs.append(("CSV metrics", str(path), "pandas.read_csv(path)"))
+                # Not "pandas.read_csv": pandas is not a dependency of the package.
+                logs.append(("CSV metrics", str(path), "any CSV reader (one row per logging step)"))
         humans = [cb.summary() for cb in trainer.callbacks if hasattr(cb, "summary") and hasattr(cb, "model_value")]
         return cls(
             humans=humans,

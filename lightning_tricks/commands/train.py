@@ -18,7 +18,9 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_tricks.commands.summary import RunSummary
+from lightning_tricks.commands.usage_errors import exits_on_usage_error
 from lightning_tricks.functional.seed import check_seed
+from lightning_tricks.utilities.arguments import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +46,10 @@ def check_run_config(cfg: DictConfig) -> None:
     check_seed(cfg.seed, "seed")
     eval_ckpt = cfg.get("eval_ckpt")
     if eval_ckpt not in (None, "best", "last") and not Path(str(eval_ckpt)).is_file():
-        raise ValueError(f"`eval_ckpt` must be 'best', 'last', null or an existing checkpoint file, got {eval_ckpt!r}.")
+        raise UsageError(f"`eval_ckpt` must be 'best', 'last', null or an existing checkpoint file, got {eval_ckpt!r}.")
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path is not None and not Path(str(ckpt_path)).is_file():
-        raise ValueError(f"`ckpt_path` must be an existing checkpoint file to resume from, got {ckpt_path!r}.")
+        raise UsageError(f"`ckpt_path` must be an existing checkpoint file to resume from, got {ckpt_path!r}.")
 
 
 def build_data_and_model(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule]:
@@ -77,10 +79,12 @@ def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule, 
     return datamodule, model, trainer
 
 
-def _eval_ckpt(trainer: pl.Trainer, requested: str | None) -> str | None:
-    if requested == "best" and not (trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_path):
-        return None  # no checkpoint to pick from: evaluate the weights in memory
-    return requested
+def _eval_ckpt(requested: str | None, checkpoints: tuple[str | None, str | None]) -> str | None:
+    """The file `eval_ckpt` names: "best" and "last" are the files the summary names (None where there is
+    none: the weights in memory are evaluated). A path, not Lightning's "best", which warns with two
+    ModelCheckpoints and takes the first one's best, whatever it monitors."""
+    best, last = checkpoints
+    return {"best": best, "last": last}.get(requested, requested) if requested else None
 
 
 def train(cfg: DictConfig) -> RunSummary:
@@ -92,14 +96,15 @@ def train(cfg: DictConfig) -> RunSummary:
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         # Read now: validate()/test() restore callback state from the evaluated checkpoint.
         checkpoints = RunSummary.checkpoints_of(trainer)
-        ckpt = _eval_ckpt(trainer, cfg.get("eval_ckpt"))
+        ckpt = _eval_ckpt(cfg.get("eval_ckpt"), checkpoints)
         metrics: dict[str, float] = {}
         for result in trainer.validate(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False):
             metrics.update(result)
         if cfg.get("test", True):
             for result in trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False):
                 metrics.update(result)
-        return RunSummary.from_trainer(trainer, metrics, evaluated=ckpt, checkpoints=checkpoints)
+        evaluated = cfg.get("eval_ckpt") if ckpt else None
+        return RunSummary.from_trainer(trainer, metrics, evaluated=evaluated, checkpoints=checkpoints)
     finally:
         # Hydra multirun runs jobs in one process: close this job's W&B run so the next gets its own.
         for logger in trainer.loggers:
@@ -108,6 +113,7 @@ def train(cfg: DictConfig) -> RunSummary:
 
 
 @hydra.main(version_base="1.3", config_path="pkg://lightning_tricks.conf", config_name="train")
+@exits_on_usage_error
 def main(cfg: DictConfig) -> float | None:
     summary = train(cfg)
     summary.print()

@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 from optuna.trial import TrialState
 
 from lightning_tricks.commands.train import train
+from lightning_tricks.commands.usage_errors import exits_on_usage_error
 from lightning_tricks.functional.search_space import grid_size, grid_space
 from lightning_tricks.tuning.report import write_report
 from lightning_tricks.tuning.study import (
@@ -119,6 +120,7 @@ def _hydra_overrides() -> list[str]:
 
 
 @hydra.main(version_base="1.3", config_path="pkg://lightning_tricks.conf", config_name="tune")
+@exits_on_usage_error
 def main(cfg: DictConfig) -> float | None:
     study = tune(cfg)
     complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]

@@ -39,13 +39,14 @@ from lightning_tricks.functional.ensemble import (
     metric_name,
     metrics_from_sums,
 )
+from lightning_tricks.utilities.arguments import UsageError
 from lightning_tricks.utilities.isolation import evaluating
 from lightning_tricks.utilities.protocol import split_batch as default_split
 
 _GLOB_CHARS = set("*?[")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UsageError):
     """A checkpoint could not be used as an ensemble member; the message names the file and why."""
 
     def __init__(self, path: str | Path, reason: str) -> None:
@@ -148,16 +149,16 @@ def expand_checkpoints(checkpoints: str | Path | Iterable[str | Path] | None) ->
     else:
         entries = list(checkpoints)
     if not entries:
-        raise ValueError("`checkpoints` is empty: give checkpoint paths or globs, e.g. 'outputs/*/checkpoints/*.ckpt'.")
+        raise UsageError("`checkpoints` is empty: give checkpoint paths or globs, e.g. 'outputs/*/checkpoints/*.ckpt'.")
     paths: list[str] = []
     for entry in entries:
         if not isinstance(entry, (str, Path)) or not str(entry):
-            raise ValueError(f"`checkpoints` entries must be paths or globs, got {entry!r}.")
+            raise UsageError(f"`checkpoints` entries must be paths or globs, got {entry!r}.")
         entry = str(entry)
         if _GLOB_CHARS & set(entry):
             matches = sorted(glob.glob(entry, recursive=True))
             if not matches:
-                raise ValueError(f"`checkpoints`: the glob {entry!r} matches no file.")
+                raise UsageError(f"`checkpoints`: the glob {entry!r} matches no file.")
             paths += matches
         else:
             paths.append(entry)

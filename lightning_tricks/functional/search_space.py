@@ -37,6 +37,8 @@ from optuna.distributions import (
     IntDistribution,
 )
 
+from lightning_tricks.utilities.arguments import UsageError
+
 TYPES = ("float", "int", "categorical")
 _KEYS = {
     "float": {"type", "low", "high", "log", "step", "grid"},
@@ -47,7 +49,7 @@ _PRIMITIVE = (str, int, float, bool, type(None))
 _KEY = re.compile(r"^\+?[A-Za-z_][\w\-]*(\.[A-Za-z_@][\w\-@]*)*$")
 
 
-class SearchSpaceError(ValueError):
+class SearchSpaceError(UsageError):
     """A search-space entry that cannot be sampled; the message names the key."""
 
 

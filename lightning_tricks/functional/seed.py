@@ -9,11 +9,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from lightning_tricks.utilities.arguments import UsageError
+
 MAX_SEED = 2**32 - 1
 
 
 def check_seed(seed: object, argument: str = "seed") -> int:
-    """``seed`` as an int if it is an integer in ``[0, 2**32 - 1]`` (NumPy integers too), else a ``ValueError``.
+    """``seed`` as an int if it is an integer in ``[0, 2**32 - 1]`` (NumPy integers too), else a ``UsageError``.
 
     >>> check_seed(np.int64(7))
     7
@@ -23,7 +25,7 @@ def check_seed(seed: object, argument: str = "seed") -> int:
     except TypeError:
         value = None
     if value is None or not 0 <= value <= MAX_SEED:
-        raise ValueError(f"`{argument}` must be an integer in [0, {MAX_SEED}], got {seed!r}.")
+        raise UsageError(f"`{argument}` must be an integer in [0, {MAX_SEED}], got {seed!r}.")
     return value
 
 

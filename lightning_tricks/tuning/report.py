@@ -6,6 +6,7 @@ logger) and a table on the console. Split from :mod:`lightning_tricks.tuning.stu
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import warnings
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("lightning_tricks.tuning.study")
 
-__all__ = ["best_trial_summary", "save_plots", "state_counts", "write_report"]
+__all__ = ["best_trial_summary", "save_plots", "state_counts", "trials_table", "write_report"]
 
 
 def best_trial_summary(study: optuna.Study, objective: TrialObjective) -> dict[str, Any] | None:
@@ -32,7 +33,7 @@ def best_trial_summary(study: optuna.Study, objective: TrialObjective) -> dict[s
         return None
     best = study.best_trial
     by_key = {s.key: s for s in objective.specs}
-    params = {k: by_key[k].decode(v) if k in by_key else v for k, v in best.params.items()}
+    params = {k: _config_value(by_key, k, v) for k, v in best.params.items()}
     overrides = best.user_attrs.get("overrides") or objective.overrides(params)
     return {
         "study": study.study_name,
@@ -45,6 +46,48 @@ def best_trial_summary(study: optuna.Study, objective: TrialObjective) -> dict[s
         "command": objective.command(overrides),
         "trial_dir": str(objective.trial_dir(best.number)),
     }
+
+
+def trials_table(study: optuna.Study, objective: TrialObjective) -> tuple[list[str], list[list[Any]]]:
+    """(columns, rows) of every trial: number, value, state, duration in seconds, the config values
+    (``params_<key>``, as set on the config) and the user attributes (``user_attrs_<name>``).
+
+    Built here rather than with ``study.trials_dataframe()``, which needs pandas: not a dependency of
+    the package, so after a plain ``pip install`` the study would crash after its last trial, with no report.
+    """
+    trials = study.get_trials(deepcopy=False)
+    by_key = {s.key: s for s in objective.specs}
+    params = sorted({k for t in trials for k in t.params})
+    attrs = sorted({k for t in trials for k in t.user_attrs})
+    columns = ["number", "value", "state", "duration_s"]
+    columns += [f"params_{k}" for k in params] + [f"user_attrs_{k}" for k in attrs]
+    rows = []
+    for trial in trials:
+        duration = trial.duration.total_seconds() if trial.duration is not None else None
+        row = [trial.number, trial.value, trial.state.name, duration]
+        row += [_config_value(by_key, k, trial.params[k]) if k in trial.params else None for k in params]
+        row += [trial.user_attrs.get(k) for k in attrs]
+        rows.append(row)
+    return columns, rows
+
+
+def _config_value(by_key: dict[str, Any], key: str, sampled: Any) -> Any:
+    """What a trial set on the config for what Optuna sampled (a categorical choice may be a list)."""
+    return by_key[key].decode(sampled) if key in by_key else sampled
+
+
+def _write_trials_csv(path: Path, columns: list[str], rows: list[list[Any]]) -> None:
+    """The table as CSV; lists and mappings (overrides, categorical choices) as JSON, empty for none."""
+
+    def cell(value: Any) -> Any:
+        if value is None:
+            return ""
+        return json.dumps(value) if isinstance(value, (list, dict)) else value
+
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(columns)
+        writer.writerows([cell(v) for v in row] for row in rows)
 
 
 def state_counts(study: optuna.Study) -> dict[str, int]:
@@ -93,19 +136,25 @@ def save_plots(study: optuna.Study, run_dir: Path) -> dict[str, Path]:
 def write_report(study: optuna.Study, run_dir: Path, objective: TrialObjective, train_cfg: DictConfig) -> dict:
     """``trials.csv``, ``best.json``, the plots (also to a W&B summary run when W&B is the logger), a table."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    frame = study.trials_dataframe(attrs=("number", "value", "state", "duration", "params", "user_attrs"))
-    frame.to_csv(run_dir / "trials.csv", index=False)
+    columns, rows = trials_table(study, objective)
+    _write_trials_csv(run_dir / "trials.csv", columns, rows)
     best = best_trial_summary(study, objective)
     counts = state_counts(study)
     report = {"best": best, "counts": counts, "storage_study": study.study_name}
     (run_dir / "best.json").write_text(json.dumps({**(best or {}), "counts": counts}, indent=2, default=str))
     plots = save_plots(study, run_dir)
-    _log_to_wandb(study, train_cfg, plots, frame, best)
+    _log_to_wandb(study, train_cfg, plots, (columns, rows), best)
     _print_table(study, objective, best, counts, run_dir)
     return report
 
 
-def _log_to_wandb(study: optuna.Study, train_cfg: DictConfig, plots: dict, frame: Any, best: dict | None) -> None:
+def _log_to_wandb(
+    study: optuna.Study,
+    train_cfg: DictConfig,
+    plots: dict,
+    table: tuple[list[str], list[list[Any]]],
+    best: dict | None,
+) -> None:
     loggers = train_cfg.get("logger")
     nodes = [loggers] if loggers and "_target_" in loggers else list((loggers or {}).values())
     node = next((n for n in nodes if n is not None and str(n.get("_target_", "")).endswith("WandbLogger")), None)
@@ -126,7 +175,8 @@ def _log_to_wandb(study: optuna.Study, train_cfg: DictConfig, plots: dict, frame
     )
     try:
         run.log({f"tune/{name}": wandb.Image(str(path)) for name, path in plots.items()})
-        run.log({"tune/trials": wandb.Table(dataframe=frame.astype(str))})
+        columns, rows = table
+        run.log({"tune/trials": wandb.Table(columns=columns, data=[[str(v) for v in row] for row in rows])})
         if best is not None:
             run.summary.update({"best_value": best["value"], "best_trial": best["trial"], "command": best["command"]})
     finally:

@@ -53,6 +53,7 @@ from lightning_tricks.functional.search_space import (
     suggest,
     value_from_unit,
 )
+from lightning_tricks.utilities.arguments import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -127,28 +128,28 @@ def check_tune_settings(t: DictConfig) -> None:
     """Fail on bad ``tune.*`` values before a study is opened or a trial runs."""
     n = t.get("n_trials")
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"`tune.n_trials` must be a positive integer, got {n!r}.")
+        raise UsageError(f"`tune.n_trials` must be a positive integer, got {n!r}.")
     for name, allowed in (("sampler", SAMPLERS), ("pruner", PRUNERS), ("trial_process", TRIAL_PROCESSES)):
         if t.get(name) not in allowed:
-            raise ValueError(f"`tune.{name}` must be one of {list(allowed)}, got {t.get(name)!r}.")
+            raise UsageError(f"`tune.{name}` must be one of {list(allowed)}, got {t.get(name)!r}.")
     if t.get("direction") not in ("minimize", "maximize"):
-        raise ValueError(f"`tune.direction` must be 'minimize' or 'maximize', got {t.get('direction')!r}.")
+        raise UsageError(f"`tune.direction` must be 'minimize' or 'maximize', got {t.get('direction')!r}.")
     for name in ("n_startup_trials", "n_warmup_steps"):
         if isinstance(t.get(name), bool) or not isinstance(t.get(name), int) or t.get(name) < 0:
-            raise ValueError(f"`tune.{name}` must be an integer >= 0, got {t.get(name)!r}.")
+            raise UsageError(f"`tune.{name}` must be an integer >= 0, got {t.get(name)!r}.")
     for name in ("grid_points", "heartbeat_interval", "grace_period"):
         if isinstance(t.get(name), bool) or not isinstance(t.get(name), int) or t.get(name) < 1:
-            raise ValueError(f"`tune.{name}` must be a positive integer, got {t.get(name)!r}.")
+            raise UsageError(f"`tune.{name}` must be a positive integer, got {t.get(name)!r}.")
     if t.grace_period <= t.heartbeat_interval:
-        raise ValueError(
+        raise UsageError(
             f"`tune.grace_period` ({t.grace_period}) must exceed `tune.heartbeat_interval` ({t.heartbeat_interval})."
         )
     if t.get("timeout") is not None and not (isinstance(t.timeout, (int, float)) and t.timeout > 0):
-        raise ValueError(f"`tune.timeout` must be a positive number of seconds or null, got {t.timeout!r}.")
+        raise UsageError(f"`tune.timeout` must be a positive number of seconds or null, got {t.timeout!r}.")
     if not t.get("study_name") or not isinstance(t.study_name, str):
-        raise ValueError(f"`tune.study_name` must be a non-empty string, got {t.get('study_name')!r}.")
+        raise UsageError(f"`tune.study_name` must be a non-empty string, got {t.get('study_name')!r}.")
     if not isinstance(t.get("metric"), str) or not t.metric:
-        raise ValueError(f"`tune.metric` must be the name of a final metric like 'val/loss', got {t.get('metric')!r}.")
+        raise UsageError(f"`tune.metric` must be the name of a final metric like 'val/loss', got {t.get('metric')!r}.")
 
 
 def multi_process(trainer_cfg: Any) -> bool:
@@ -296,7 +297,7 @@ def open_study(storage: Any, study_name: str, direction: str, print_: dict | Non
         study = optuna.load_study(study_name=study_name, storage=storage)
         created = False
         if study.direction.name.lower() != direction:
-            raise ValueError(
+            raise UsageError(
                 f"study {study_name!r} was created to {study.direction.name.lower()}, not to {direction}; "
                 "pass another `tune.study_name` to start a new study."
             ) from None
@@ -308,7 +309,7 @@ def open_study(storage: Any, study_name: str, direction: str, print_: dict | Non
             old, new = _flat(stored), _flat(print_)
             keys = sorted(k for k in old.keys() | new.keys() if old.get(k, _MISSING) != new.get(k, _MISSING))
             diff = [f"{k}: {old.get(k, '<unset>')!r} -> {new.get(k, '<unset>')!r}" for k in keys]
-            raise ValueError(
+            raise UsageError(
                 f"study {study_name!r} was started with another config or search space ({'; '.join(diff[:8])}); "
                 "rerun with the study's settings, or pass a new `tune.study_name`."
             )
@@ -350,15 +351,15 @@ class TrialObjective:
         train: Callable[[DictConfig], Any] | None = None,
     ) -> None:
         if trial_process not in TRIAL_PROCESSES:
-            raise ValueError(f"`trial_process` must be one of {list(TRIAL_PROCESSES)}, got {trial_process!r}.")
+            raise UsageError(f"`trial_process` must be one of {list(TRIAL_PROCESSES)}, got {trial_process!r}.")
         several = multi_process(train_cfg.trainer)
         if trial_process == "inprocess" and several:
-            raise ValueError(
+            raise UsageError(
                 "`tune.trial_process=inprocess` cannot run a multi-process trainer (DDP re-executes the "
                 "command line); use `auto` or `subprocess`."
             )
         if trial_process == "subprocess" and storage_url is None and pruning_monitor is not None:
-            raise ValueError("subprocess trials with pruning need a database `tune.storage` the subprocess can reach.")
+            raise UsageError("subprocess trials with pruning need a database `tune.storage` the subprocess can reach.")
         self.train_cfg = train_cfg
         self.specs, self.fixed = list(specs), list(fixed)
         self.run_dir = Path(run_dir)

@@ -1,6 +1,7 @@
 """Small helpers every layer shares, one concern per module (no grab-bag):
 
-- :mod:`~lightning_tricks.utilities.arguments`: argument checks with clear errors (imports nothing of ours);
+- :mod:`~lightning_tricks.utilities.arguments`: argument checks with clear errors, ``UsageError`` (imports
+  nothing of ours);
 - :mod:`~lightning_tricks.utilities.protocol`: how a callback meets a user's model (batches, outputs, losses);
 - :mod:`~lightning_tricks.utilities.sharding`: exact, unpadded per-rank shards of a loader;
 - :mod:`~lightning_tricks.utilities.isolation`: side computations that leave the run untouched;

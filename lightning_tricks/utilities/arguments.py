@@ -10,6 +10,16 @@ from typing import Any
 TASKS = ("multiclass", "binary", "multilabel", "regression")
 
 
+class UsageError(ValueError):
+    """A mistake the user can fix in what they asked a command for: a value, a search space, a checkpoint.
+
+    The message names the argument, the value and what is allowed. A ``lightning-tricks`` command
+    prints it as one line and exits with code 2 (:mod:`lightning_tricks.commands.usage_errors`); any
+    other exception is a bug and keeps its traceback. A ``ValueError``, so callers that catch those
+    still do.
+    """
+
+
 def check_int(value: Any, name: str, minimum: int = 1, owner: str = "", allow_none: bool = False) -> int | None:
     """``value`` if it is an integer ``>= minimum`` (or None when allowed), else a ``ValueError`` naming it.
 
