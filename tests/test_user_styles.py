@@ -187,7 +187,10 @@ MODELS = {
     "regression": SqueezedRegression,
     "binary": SqueezedBinary,
     "lazy_datamodule": InlineLoss,
+    "bf16_true": InlineLoss,
+    "bf16_mixed": InlineLoss,
 }
+PRECISION = {"bf16_true": "bf16-true", "bf16_mixed": "bf16-mixed"}
 
 
 def fit(style: str, callbacks: list, max_epochs: int = 1) -> tuple[pl.LightningModule, pl.Trainer, Any]:
@@ -203,6 +206,7 @@ def fit(style: str, callbacks: list, max_epochs: int = 1) -> tuple[pl.LightningM
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
+        precision=PRECISION.get(style, "32-true"),
     )
     if style == "lazy_datamodule":
         data = LazyData()

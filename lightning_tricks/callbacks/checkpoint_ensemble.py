@@ -30,6 +30,7 @@ from lightning_tricks.utilities.arguments import check_int
 from lightning_tricks.utilities.isolation import evaluating
 from lightning_tricks.utilities.loaders import user_loader
 from lightning_tricks.utilities.media import log_table
+from lightning_tricks.utilities.precision import run_precision, to_model
 from lightning_tricks.utilities.protocol import ModelAdapter
 from lightning_tricks.utilities.sharding import shard
 
@@ -172,9 +173,9 @@ class CheckpointEnsemble(Callback):
             return None
 
         def first_batch() -> Any:  # read only if the task must be observed (no task, no loss object)
-            return trainer.strategy.batch_to_device(next(iter(loader)))
+            return to_model(trainer, next(iter(loader)))
 
-        with evaluating(pl_module):
+        with evaluating(pl_module), run_precision(trainer):
             task = self.adapter.task_of(pl_module, first_batch)
         loader, partitioned = shard(loader, trainer.global_rank, trainer.world_size)
         sums = ensemble_sums(
@@ -182,7 +183,7 @@ class CheckpointEnsemble(Callback):
             loader,
             task,
             split_batch=self.adapter.split_batch,
-            to_device=trainer.strategy.batch_to_device,
+            to_device=lambda b: to_model(trainer, b),
             split_module=pl_module,
         )
         if partitioned:

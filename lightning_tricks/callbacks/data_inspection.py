@@ -40,6 +40,7 @@ from lightning_tricks.utilities.isolation import evaluating
 from lightning_tricks.utilities.loaders import stage_loader
 from lightning_tricks.utilities.media import log_image, log_scalars, log_table, run_dir
 from lightning_tricks.utilities.plots import new_figure
+from lightning_tricks.utilities.precision import run_precision, to_model
 from lightning_tricks.utilities.protocol import ModelAdapter, logits_of
 from lightning_tricks.utilities.sharding import strided
 from lightning_tricks.utilities.state_keys import StatefulCallback
@@ -240,9 +241,9 @@ class DataInspection(StatefulCallback):
         task = None
         local: dict[str, list[Any]] = {c: [] for c in COLUMNS}
         done = 0
-        with evaluating(pl_module):
+        with evaluating(pl_module), run_precision(trainer):
             for batch in ordered:
-                batch = trainer.strategy.batch_to_device(batch)
+                batch = to_model(trainer, batch)
                 task = task or self.adapter.task_of(pl_module, batch)
                 inputs, targets = self.adapter.inputs_targets(pl_module, batch)
                 outputs = logits_of(pl_module(inputs))

@@ -22,6 +22,7 @@ from lightning_tricks.functional.sample_losses import correct_predictions
 from lightning_tricks.utilities.arguments import check_int
 from lightning_tricks.utilities.isolation import evaluating
 from lightning_tricks.utilities.loaders import stage_loader
+from lightning_tricks.utilities.precision import run_precision, to_model
 from lightning_tricks.utilities.protocol import ModelAdapter, logits_of
 from lightning_tricks.utilities.sharding import shard
 from lightning_tricks.utilities.state_keys import StatefulCallback
@@ -101,9 +102,9 @@ class FullDatasetLoss(StatefulCallback):
         totals = torch.zeros(3, dtype=torch.float64)  # loss sum, sample count, correct predictions
         scored = self.adapter.has_loss_function(pl_module)  # else the module's step: a mean loss, no outputs
         task, unscored = None, False
-        with evaluating(pl_module):
+        with evaluating(pl_module), run_precision(trainer):
             for batch in loader:
-                batch = trainer.strategy.batch_to_device(batch)
+                batch = to_model(trainer, batch)
                 task = task or self.adapter.task_of(pl_module, batch)
                 inputs, targets = self.adapter.inputs_targets(pl_module, batch)
                 n = len(targets)

@@ -17,6 +17,7 @@ from lightning_tricks.utilities.arguments import check_int
 from lightning_tricks.utilities.isolation import preserved
 from lightning_tricks.utilities.media import log_image, log_scalars
 from lightning_tricks.utilities.plots import new_figure
+from lightning_tricks.utilities.precision import to_model
 from lightning_tricks.utilities.protocol import AdapterError, ModelAdapter, check_task
 from lightning_tricks.utilities.sharding import shard
 from lightning_tricks.utilities.state_keys import StatefulCallback
@@ -83,7 +84,7 @@ class LastLayerBiasInit(StatefulCallback):
 
     def apply(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> torch.Tensor:
         def first_batch() -> Any:  # read only if the task must be observed (no task, no loss object)
-            return trainer.strategy.batch_to_device(first_batches(train_loader(trainer, pl_module), 1)[0])
+            return to_model(trainer, first_batches(train_loader(trainer, pl_module), 1)[0])
 
         with preserved(pl_module):
             task = self.adapter.task_of(pl_module, first_batch)

@@ -44,6 +44,7 @@ from lightning_tricks.functional.lr_range import (
 from lightning_tricks.utilities.arguments import check_float, check_int
 from lightning_tricks.utilities.isolation import configured_lrs, first_optimizer, preserved, schedulers_in
 from lightning_tricks.utilities.media import log_image, log_scalars, log_table
+from lightning_tricks.utilities.precision import run_precision, to_model
 from lightning_tricks.utilities.protocol import ModelAdapter
 from lightning_tricks.utilities.sharding import shard
 from lightning_tricks.utilities.state_keys import StatefulCallback
@@ -374,16 +375,17 @@ class LRRangeTest(StatefulCallback):
         if trainer.world_size > 1 and not partitioned:
             rank_zero_warn("LRRangeTest: an iterable training set cannot be split by rank; every rank reads all of it.")
         average = (lambda t: trainer.strategy.reduce(t, reduce_op="mean")) if trainer.world_size > 1 else None
-        self.result = lr_range_test(
-            pl_module,
-            loader,
-            trainer.optimizers[0],
-            adapter=self.adapter,
-            to_device=trainer.strategy.batch_to_device,
-            average=average,
-            progress=trainer.is_global_zero and trainer.progress_bar_callback is not None,
-            **self.sweep,
-        )
+        with run_precision(trainer):
+            self.result = lr_range_test(
+                pl_module,
+                loader,
+                trainer.optimizers[0],
+                adapter=self.adapter,
+                to_device=lambda b: to_model(trainer, b),
+                average=average,
+                progress=trainer.is_global_zero and trainer.progress_bar_callback is not None,
+                **self.sweep,
+            )
         if self.apply:
             set_learning_rate(trainer, self.result.suggestion)
             self.applied_lr = self.result.suggestion

@@ -17,6 +17,7 @@ from lightning_tricks.utilities.isolation import evaluating
 from lightning_tricks.utilities.loaders import require_loader
 from lightning_tricks.utilities.media import log_image, log_table
 from lightning_tricks.utilities.plots import new_figure
+from lightning_tricks.utilities.precision import run_precision, to_model
 from lightning_tricks.utilities.protocol import ModelAdapter, logits_of
 from lightning_tricks.utilities.state_keys import StatefulCallback
 
@@ -81,10 +82,10 @@ class PredictionDynamics(StatefulCallback):
         task = None
         for split, indices in self.indices.items():
             dataset = self._dataset(trainer, pl_module, split)
-            batch = trainer.strategy.batch_to_device(default_collate([dataset[i] for i in indices]))
+            batch = to_model(trainer, default_collate([dataset[i] for i in indices]))
             inputs, targets = self.adapter.inputs_targets(pl_module, batch)
             self._remember_inputs(split, indices, inputs)
-            with evaluating(pl_module):
+            with evaluating(pl_module), run_precision(trainer):
                 task = task or self.adapter.task_of(pl_module, batch)
                 outputs = logits_of(pl_module(inputs))
                 for k, index in enumerate(indices):

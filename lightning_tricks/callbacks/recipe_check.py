@@ -23,6 +23,7 @@ from typing_extensions import override
 
 from lightning_tricks.utilities.loaders import require_loader
 from lightning_tricks.utilities.media import log_image, log_scalars
+from lightning_tricks.utilities.precision import run_precision, to_model
 from lightning_tricks.utilities.protocol import ModelAdapter
 
 ON_FAILURE = ("raise", "warn", "ignore")
@@ -110,7 +111,9 @@ class RecipeCheck(Callback):
 
     def execute(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> CheckResult:
         """Run the check now (every rank), record, log and act on the result."""
-        return self.finish(trainer, self.run(trainer, pl_module))
+        with run_precision(trainer):  # the checks' forward passes as the run's own steps run them
+            result = self.run(trainer, pl_module)
+        return self.finish(trainer, result)
 
     def finish(self, trainer: pl.Trainer, result: CheckResult) -> CheckResult:
         """Make the verdict rank-consistent, keep it, log it, and raise/warn as ``on_failure`` says."""
@@ -169,7 +172,7 @@ def shared_batches(trainer: pl.Trainer, pl_module: pl.LightningModule, n: int, l
     """Rank 0's first ``n`` training batches on every rank (broadcast), on the module's device."""
     batches = first_batches(loader if loader is not None else train_loader(trainer, pl_module), n)
     batches = trainer.strategy.broadcast(batches, src=0)
-    return [trainer.strategy.batch_to_device(b) for b in batches]
+    return [to_model(trainer, b) for b in batches]
 
 
 def as_float(value: torch.Tensor | float) -> float:

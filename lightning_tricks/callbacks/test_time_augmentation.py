@@ -47,6 +47,7 @@ from typing_extensions import override
 from lightning_tricks.functional.tta import TTAResult, View, batch_totals, mean_probabilities, parse_views
 from lightning_tricks.utilities.isolation import evaluating
 from lightning_tricks.utilities.media import log_table
+from lightning_tricks.utilities.precision import run_precision, to_model
 from lightning_tricks.utilities.protocol import INPUT_KEYS, AdapterError, ModelAdapter, loss_function
 from lightning_tricks.utilities.sharding import shard, strided
 
@@ -156,9 +157,9 @@ class TestTimeAugmentation(Callback):
         task = self.adapter.task_of(pl_module)
         totals: torch.Tensor | None = None
         views: list[View] | None = self.views
-        with evaluating(pl_module):
+        with evaluating(pl_module), run_precision(trainer):
             for batch in loader:
-                inputs, targets = self.adapter.inputs_targets(pl_module, trainer.strategy.batch_to_device(batch))
+                inputs, targets = self.adapter.inputs_targets(pl_module, to_model(trainer, batch))
                 views = views or default_views(_tensor(inputs))
                 outputs = self._outputs(pl_module, inputs, views)
                 batch_sum = batch_totals(outputs, targets, task, lambda o, t: self.adapter.loss(pl_module, o, t))
@@ -184,9 +185,9 @@ class TestTimeAugmentation(Callback):
         task = self.adapter.task_of(pl_module)
         chunks: list[torch.Tensor] = []
         views = self.views
-        with evaluating(pl_module):
+        with evaluating(pl_module), run_precision(trainer):
             for batch in loader:
-                inputs = self._inputs(pl_module, trainer.strategy.batch_to_device(batch))
+                inputs = self._inputs(pl_module, to_model(trainer, batch))
                 views = views or default_views(_tensor(inputs))
                 chunks.append(mean_probabilities(self._outputs(pl_module, inputs, views), task).cpu())
         local = torch.cat(chunks) if chunks else None
@@ -238,9 +239,9 @@ class TestTimeAugmentation(Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, loader: Any, task: str
     ) -> torch.Tensor:
         """A ``(0, ...)`` tensor shaped like this model's predictions, for a rank with nothing to predict."""
-        batch = trainer.strategy.batch_to_device(next(iter(_first_sample_loader(loader))))
+        batch = to_model(trainer, next(iter(_first_sample_loader(loader))))
         inputs = self._inputs(pl_module, batch)
-        with evaluating(pl_module):
+        with evaluating(pl_module), run_precision(trainer):
             row = mean_probabilities([pl_module(_tensor(inputs))], task).cpu()
         return row[:0]
 
