@@ -353,3 +353,30 @@ def test_a_criterion_that_would_broadcast_is_refused_not_a_wrong_number() -> Non
             fit("regression_criterion", [FullDatasetLoss()])
     finally:
         del MODELS["regression_criterion"]
+
+
+class HeadFirst(InlineLoss):
+    """Registers its head before its trunk: the last *registered* Linear is the trunk's, not the output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        del self.net
+        self.head = nn.Linear(32, C)
+        self.trunk = nn.Sequential(nn.Linear(D, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.trunk(x))
+
+
+def test_bias_init_finds_the_output_layer_by_call_order() -> None:
+    MODELS["head_first"] = HeadFirst
+    try:
+        callback = LastLayerBiasInit()
+        model = fit("head_first", [callback])[0]
+    finally:
+        del MODELS["head_first"]
+    train = loaders("fit_loaders")[0]
+    priors = torch.bincount(train.dataset.tensors[1], minlength=C).double() / len(train.dataset)
+    assert callback.bias.shape == (C,)  # the head's bias (C outputs), not the trunk's last layer (32)
+    assert torch.allclose(callback.bias.double().log_softmax(0), priors.log(), atol=1e-5)
+    assert model.head.bias.shape == (C,)

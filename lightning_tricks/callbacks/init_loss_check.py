@@ -54,7 +54,8 @@ class InitLossCheck(RecipeCheck):
             pl_module.eval()
             task = self.adapter.task_of(pl_module, batches[0])
         try:
-            layer_name, layer = self.adapter.output_layer_of(pl_module)
+            with preserved(pl_module):
+                layer_name, layer = self.adapter.output_layer_of(pl_module, batches[0])
             bias = getattr(layer, "bias", None)
         except AdapterError:
             if self.expected is None and task != "multiclass":

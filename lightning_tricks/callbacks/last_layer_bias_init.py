@@ -17,7 +17,7 @@ from lightning_tricks.utilities.arguments import check_int
 from lightning_tricks.utilities.isolation import preserved
 from lightning_tricks.utilities.media import log_image, log_scalars
 from lightning_tricks.utilities.plots import new_figure
-from lightning_tricks.utilities.precision import to_model
+from lightning_tricks.utilities.precision import run_precision, to_model
 from lightning_tricks.utilities.protocol import AdapterError, ModelAdapter, check_task
 from lightning_tricks.utilities.sharding import shard
 from lightning_tricks.utilities.state_keys import StatefulCallback
@@ -83,12 +83,17 @@ class LastLayerBiasInit(StatefulCallback):
         self.apply(trainer, pl_module)
 
     def apply(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> torch.Tensor:
-        def first_batch() -> Any:  # read only if the task must be observed (no task, no loss object)
-            return to_model(trainer, first_batches(train_loader(trainer, pl_module), 1)[0])
+        read: list[Any] = []
 
-        with preserved(pl_module):
+        def first_batch() -> Any:  # read once, only if needed: to observe the task, to find the last layer called
+            if not read:
+                read.append(to_model(trainer, first_batches(train_loader(trainer, pl_module), 1)[0]))
+            return read[0]
+
+        # preserved: a forward pass in train mode would move BatchNorm's running statistics.
+        with preserved(pl_module), run_precision(trainer):
             task = self.adapter.task_of(pl_module, first_batch)
-        name, layer = self.adapter.output_layer_of(pl_module)
+            name, layer = self.adapter.output_layer_of(pl_module, first_batch)
         bias = getattr(layer, "bias", None)
         if not isinstance(bias, torch.Tensor):
             raise AdapterError(

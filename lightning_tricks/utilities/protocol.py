@@ -68,6 +68,8 @@ _FUNCTIONAL_TASKS = {
 
 # Tasks read off a module's outputs (ModelAdapter.task_of), per module.
 _OBSERVED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# The last layer with parameters that a forward pass called, per module (ModelAdapter.output_layer_of).
+_CALLED_LAST: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class AdapterError(TypeError):
@@ -151,15 +153,19 @@ def _criterion_of(module: nn.Module | None, loss_fn: Callable[..., Any] | None) 
     return None
 
 
-def find_output_layer(module: nn.Module, name: str | None = None) -> tuple[str, nn.Module]:
+def find_output_layer(module: nn.Module, name: str | None = None, called: bool = False) -> tuple[str, nn.Module]:
     """``(name, layer)`` of the module's output layer.
 
     Order: the explicit ``name``; an ``output_layer`` attribute that is a module;
     the layer named by an ``output_layer_name`` attribute; else the last layer
-    (in registration order) that holds parameters, which must be an
-    ``nn.Linear`` — we refuse to guess when it is anything else, because
-    picking an earlier Linear would silently set up the wrong layer.
+    that holds parameters (``called``: ``name`` is the last one a forward pass
+    called; else the last registered), which must be an ``nn.Linear`` — we
+    refuse to guess when it is anything else, because picking an earlier Linear
+    would silently set up the wrong layer.
     """
+    if called:
+        last = (name, module.get_submodule(name))
+        return _check_linear(module, last)
     name = name or getattr(module, "output_layer_name", None)
     if name is None:
         attr = getattr(module, "output_layer", None)
@@ -181,6 +187,10 @@ def find_output_layer(module: nn.Module, name: str | None = None) -> tuple[str, 
             last = (layer_name, layer)
     if last is None:
         raise AdapterError(f"{type(module).__name__} has no layer with parameters, so no output layer.")
+    return _check_linear(module, last)
+
+
+def _check_linear(module: nn.Module, last: tuple[str, nn.Module]) -> tuple[str, nn.Module]:
     if not isinstance(last[1], nn.Linear):
         raise AdapterError(
             f"The last layer with parameters of {type(module).__name__}, {last[0]!r}, is a "
@@ -457,8 +467,42 @@ class ModelAdapter:
             batch = replace_inputs(batch, inputs_fn)
         return step_loss(module, batch)
 
-    def output_layer_of(self, module: nn.Module) -> tuple[str, nn.Module]:
+    def output_layer_of(self, module: nn.Module, batch: Any = None) -> tuple[str, nn.Module]:
+        """The output layer: ``output_layer=``, the module's ``output_layer``/``output_layer_name``, else the
+        last layer with parameters *called* on ``batch`` (a batch or a function returning one), else the
+        last one registered. Call order matters where a model registers its head before its trunk.
+        """
+        if self.output_layer is None and getattr(module, "output_layer_name", None) is None:
+            if not isinstance(getattr(module, "output_layer", None), nn.Module) and batch is not None:
+                name = _CALLED_LAST.get(module)
+                if name is None:
+                    name = self._called_last(module, batch)
+                if name is not None:
+                    return find_output_layer(module, name, called=True)
         return find_output_layer(module, self.output_layer)
+
+    def _called_last(self, module: nn.Module, batch: Any) -> str | None:
+        """Name of the last layer with parameters that a forward pass on ``batch`` calls (remembered)."""
+        order: list[str] = []
+        handles = [
+            layer.register_forward_hook(lambda _m, _a, _o, name=name: order.append(name))
+            for name, layer in module.named_modules()
+            if name and next(layer.parameters(recurse=False), None) is not None
+        ]
+        try:
+            if callable(batch):
+                batch = batch()
+            inputs, _ = self.inputs_targets(module, batch)
+            with torch.no_grad():
+                module(inputs)
+        except Exception:  # a model not callable on its inputs alone: registration order decides
+            return None
+        finally:
+            for handle in handles:
+                handle.remove()
+        if order:
+            _CALLED_LAST[module] = order[-1]
+        return order[-1] if order else None
 
     def task_of(self, module: nn.Module, batch: Any = None) -> str:
         """The task: ``task=``, the module's ``task``, its loss, else what ``batch`` shows (outputs and targets).
