@@ -140,6 +140,56 @@ class SqueezedBinary(SqueezedRegression):
         self.log("val_loss", F.binary_cross_entropy_with_logits(self(x).squeeze(-1), y))
 
 
+class PaddedTokens(InlineLoss):
+    """Variable-length token sequences padded by the loader's collate; the step masks the padding."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        del self.net
+        self.embedding = nn.Embedding(VOCAB, 16, padding_idx=0)
+        self.classifier = nn.Linear(16, C)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        mask = (input_ids != 0 if attention_mask is None else attention_mask).unsqueeze(-1).float()
+        pooled = (self.embedding(input_ids) * mask).sum(1) / mask.sum(1).clamp(min=1)
+        return self.classifier(pooled)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = F.cross_entropy(self(batch["input_ids"], batch["attention_mask"]), batch["labels"])
+        self.log("train_loss", loss)
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self.log("val_loss", F.cross_entropy(self(batch["input_ids"], batch["attention_mask"]), batch["labels"]))
+
+
+VOCAB = 40
+
+
+class Sentences(Dataset):
+    """Token sequences of 3 to 12 tokens; the first token says the class."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.labels = torch.arange(n) % C
+        lengths = torch.randint(3, 13, (n,), generator=g)
+        self.items = [torch.randint(C + 1, VOCAB, (int(k),), generator=g) for k in lengths]
+        for item, label in zip(self.items, self.labels, strict=True):
+            item[0] = 1 + label
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {"input_ids": self.items[i], "labels": self.labels[i]}
+
+
+def pad_collate(items: list[dict]) -> dict[str, torch.Tensor]:
+    """What a tokenizer's padding collator does: pad to the longest sequence of the batch, with a mask."""
+    ids = nn.utils.rnn.pad_sequence([item["input_ids"] for item in items], batch_first=True)
+    return {"input_ids": ids, "attention_mask": (ids != 0).long(), "labels": torch.stack([i["labels"] for i in items])}
+
+
 class LazyData(pl.LightningDataModule):
     """Builds its data sets in ``setup(stage)``, only those of the stage, and counts the calls."""
 
@@ -174,6 +224,12 @@ def loaders(style: str) -> tuple[DataLoader, DataLoader]:
         y = x[:, :3].sum(1) + 0.1 * torch.randn(N, generator=torch.Generator().manual_seed(1))
     elif style == "binary":
         y = (x[:, 0] > 0).float()
+    if style == "padded_tokens":
+        train, val = Sentences(128, 0), Sentences(64, 1)
+        return (
+            DataLoader(train, batch_size=32, shuffle=True, collate_fn=pad_collate),
+            DataLoader(val, batch_size=24, collate_fn=pad_collate),
+        )
     if style == "dict":
         train, val = DictDataset(x[:128], y[:128]), DictDataset(x[128:], y[128:])
     else:
@@ -187,6 +243,7 @@ MODELS = {
     "regression": SqueezedRegression,
     "binary": SqueezedBinary,
     "lazy_datamodule": InlineLoss,
+    "padded_tokens": PaddedTokens,
     "bf16_true": InlineLoss,
     "bf16_mixed": InlineLoss,
 }

@@ -326,10 +326,11 @@ class DataInspection(StatefulCallback):
 
     def _inputs(self, trainer: pl.Trainer, pl_module: pl.LightningModule, split: str, indices: list[int]) -> list:
         """The table's ``input`` cells: a uint8 picture for images, the first values otherwise."""
-        dataset = self._loader(trainer, pl_module, split).dataset
+        loader = self._loader(trainer, pl_module, split)
         if not indices:
             return []
-        inputs, _ = self.adapter.inputs_targets(pl_module, default_collate([dataset[i] for i in indices]))
+        collate = getattr(loader, "collate_fn", None) or default_collate  # the loader's own (padding) collate
+        inputs, _ = self.adapter.inputs_targets(pl_module, collate([loader.dataset[i] for i in indices]))
         if not isinstance(inputs, torch.Tensor):
             return [""] * len(indices)
         inputs = inputs.detach().float().cpu()

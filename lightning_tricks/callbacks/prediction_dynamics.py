@@ -65,6 +65,10 @@ class PredictionDynamics(StatefulCallback):
     def _dataset(self, trainer: pl.Trainer, pl_module: pl.LightningModule, split: str):
         return require_loader(trainer, pl_module, split, "PredictionDynamics").dataset
 
+    def _collate(self, trainer: pl.Trainer, pl_module: pl.LightningModule, split: str):
+        """The loader's own ``collate_fn`` (a padding collate for variable-length tokens), else torch's default."""
+        return getattr(require_loader(trainer, pl_module, split, "PredictionDynamics"), "collate_fn", None)
+
     def _choose(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Drawn from the seed and the data set's size only: identical on every rank, no collective needed.
         generator = torch.Generator().manual_seed(self.seed)
@@ -82,7 +86,8 @@ class PredictionDynamics(StatefulCallback):
         task = None
         for split, indices in self.indices.items():
             dataset = self._dataset(trainer, pl_module, split)
-            batch = to_model(trainer, default_collate([dataset[i] for i in indices]))
+            collate = self._collate(trainer, pl_module, split) or default_collate
+            batch = to_model(trainer, collate([dataset[i] for i in indices]))
             inputs, targets = self.adapter.inputs_targets(pl_module, batch)
             self._remember_inputs(split, indices, inputs)
             with evaluating(pl_module), run_precision(trainer):

@@ -141,8 +141,8 @@ def _feature_histograms(report: Any, split: str, indices: np.ndarray, rng: np.ra
     """Tabular data: a histogram per feature (first 16) over up to 2000 random samples."""
     chosen = np.sort(rng.choice(indices, size=min(2000, len(indices)), replace=False))
     rows = [item[0].reshape(-1) for i in chosen if (item := _fetch(report, split, int(i))) is not None]
-    if not rows:
-        return None
+    if not rows or len({row.shape for row in rows}) > 1:
+        return None  # variable-length samples (token sequences) have no per-position features to histogram
     data = np.stack(rows)[:, :16]
     cols = min(4, data.shape[1])
     figure = new_figure(2.2 * cols, 1.8 * int(np.ceil(data.shape[1] / cols)))
