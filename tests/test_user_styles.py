@@ -250,7 +250,7 @@ MODELS = {
 PRECISION = {"bf16_true": "bf16-true", "bf16_mixed": "bf16-mixed"}
 
 
-def fit(style: str, callbacks: list, max_epochs: int = 1) -> tuple[pl.LightningModule, pl.Trainer, Any]:
+def fit(style: str, callbacks: list, max_epochs: int = 1, **options: Any) -> tuple[pl.LightningModule, pl.Trainer, Any]:
     pl.seed_everything(0, verbose=False)
     model = MODELS[style]()
     trainer = pl.Trainer(
@@ -264,6 +264,7 @@ def fit(style: str, callbacks: list, max_epochs: int = 1) -> tuple[pl.LightningM
         enable_model_summary=False,
         num_sanity_val_steps=0,
         precision=PRECISION.get(style, "32-true"),
+        **options,
     )
     if style == "lazy_datamodule":
         data = LazyData()
@@ -437,3 +438,33 @@ def test_bias_init_finds_the_output_layer_by_call_order() -> None:
     assert callback.bias.shape == (C,)  # the head's bias (C outputs), not the trunk's last layer (32)
     assert torch.allclose(callback.bias.double().log_softmax(0), priors.log(), atol=1e-5)
     assert model.head.bias.shape == (C,)
+
+
+def all_callbacks_in_ddp(style: str, devices: int) -> dict[str, Any]:
+    """Every callback of the matrix in one fit (one process, or a DDP rank); what each found."""
+    callbacks = {name: make() for name, (make, _) in CALLBACKS.items()}
+    strategy = {"strategy": "ddp", "devices": devices} if devices > 1 else {"devices": 1}
+    fit(style, list(callbacks.values()), **strategy)
+    checks = {name: c.result.passed for name, c in callbacks.items() if hasattr(getattr(c, "result", None), "passed")}
+    ran = {name: bool(CALLBACKS[name][1](c)) for name, c in callbacks.items()}
+    full = callbacks["FullDatasetLoss"].history[-1]
+    return {"checks": checks, "ran": ran, "val": full["val"], "count": full["val_count"]}
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("style", ["fit_loaders", "dict"])
+def test_every_callback_in_two_process_ddp(style: str) -> None:
+    from lightning_tricks.testing import run_ddp
+
+    one = all_callbacks_in_ddp(style, devices=1)
+    ranks = run_ddp(all_callbacks_in_ddp, style)
+    assert len(ranks) == 2
+    for rank in ranks:
+        assert all(rank["ran"].values()), rank["ran"]
+        assert rank["checks"] == ranks[0]["checks"]  # the same verdicts on every rank
+        # The exact, unpadded validation loss: 64 samples counted once each, as in one process.
+        assert rank["count"] == one["count"] == 64
+    # Two ranks train on different halves of each batch, so only the count is closed-form across the
+    # two runs; within the DDP run both ranks report the same exact mean.
+    assert ranks[0]["val"] == ranks[1]["val"]
