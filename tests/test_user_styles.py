@@ -190,6 +190,45 @@ def pad_collate(items: list[dict]) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": (ids != 0).long(), "labels": torch.stack([i["labels"] for i in items])}
 
 
+class Multilabel(InlineLoss):
+    """Several 0/1 labels per sample, BCE with logits inline."""
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss = F.binary_cross_entropy_with_logits(self(x), y)
+        self.log("train_loss", loss)
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x, y = batch
+        self.log("val_loss", F.binary_cross_entropy_with_logits(self(x), y))
+
+
+class OneCycleTwoGroups(InlineLoss):
+    """OneCycleLR sized from the run's length, and two param groups at different LRs."""
+
+    def configure_optimizers(self) -> Any:
+        groups = [
+            {"params": self.net[0].parameters(), "lr": 1e-2},
+            {"params": self.net[2].parameters(), "lr": 3e-2},
+        ]
+        optimizer = torch.optim.AdamW(groups)
+        schedule = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=[1e-2, 3e-2], total_steps=self.trainer.estimated_stepping_batches
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+class OwnLoaders(InlineLoss):
+    """The loaders are the module's own hooks (the style of Lightning's early tutorials)."""
+
+    def train_dataloader(self) -> DataLoader:
+        return loaders("fit_loaders")[0]
+
+    def val_dataloader(self) -> DataLoader:
+        return loaders("fit_loaders")[1]
+
+
 class LazyData(pl.LightningDataModule):
     """Builds its data sets in ``setup(stage)``, only those of the stage, and counts the calls."""
 
@@ -224,6 +263,8 @@ def loaders(style: str) -> tuple[DataLoader, DataLoader]:
         y = x[:, :3].sum(1) + 0.1 * torch.randn(N, generator=torch.Generator().manual_seed(1))
     elif style == "binary":
         y = (x[:, 0] > 0).float()
+    elif style == "multilabel":
+        y = (x[:, :C] > 0).float()
     if style == "padded_tokens":
         train, val = Sentences(128, 0), Sentences(64, 1)
         return (
@@ -244,6 +285,10 @@ MODELS = {
     "binary": SqueezedBinary,
     "lazy_datamodule": InlineLoss,
     "padded_tokens": PaddedTokens,
+    "multilabel": Multilabel,
+    "one_cycle_two_groups": OneCycleTwoGroups,
+    "accumulate_4": InlineLoss,
+    "module_hooks": OwnLoaders,
     "bf16_true": InlineLoss,
     "bf16_mixed": InlineLoss,
 }
@@ -264,11 +309,15 @@ def fit(style: str, callbacks: list, max_epochs: int = 1, **options: Any) -> tup
         enable_model_summary=False,
         num_sanity_val_steps=0,
         precision=PRECISION.get(style, "32-true"),
+        accumulate_grad_batches=4 if style == "accumulate_4" else 1,
         **options,
     )
     if style == "lazy_datamodule":
         data = LazyData()
         trainer.fit(model, datamodule=data)
+    elif style == "module_hooks":
+        data = None
+        trainer.fit(model)
     else:
         data = loaders(style)
         trainer.fit(model, train_dataloaders=data[0], val_dataloaders=data[1])
@@ -301,7 +350,12 @@ CALLBACKS = {
 }
 
 
-@pytest.mark.parametrize("style", sorted(MODELS))
+# `make test-fast` runs the three commonest styles; the rest run with the slow tests (CI runs all).
+FAST_STYLES = ("fit_loaders", "dict", "lazy_datamodule")
+STYLES = [s if s in FAST_STYLES else pytest.param(s, marks=pytest.mark.slow) for s in sorted(MODELS)]
+
+
+@pytest.mark.parametrize("style", STYLES)
 @pytest.mark.parametrize("name", sorted(CALLBACKS))
 @pytest.mark.filterwarnings("ignore::UserWarning")  # verdicts of short budgets; this asserts that each ran
 def test_callback_works_on_user_style(name: str, style: str, tmp_path: Any, monkeypatch: Any) -> None:
