@@ -317,3 +317,33 @@ def test_cli_strict_exits_1_on_planted_leakage_and_0_on_clean_data(tmp_path: Pat
     saved = json.loads((tmp_path / "leaky" / "report.json").read_text())
     assert saved["has_errors"] and len(saved["leaks"]["train/test"]) == K
     assert (tmp_path / "leaky" / "duplicates.png").exists()
+
+
+def _planted_embeddings(n: int, planted: int) -> tuple[np.ndarray, set[tuple[int, int]]]:
+    from lightning_tricks.functional.data_scan import embed
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(n, 256, generator=g)
+    order = torch.randperm(n, generator=g)
+    src, dst = order[:planted], order[planted : 2 * planted]
+    x[dst] = x[src] + torch.logspace(-3.5, -1.5, planted).unsqueeze(1) * torch.randn(planted, 256, generator=g)
+    emb = embed(x)
+    similarity = torch.from_numpy(emb) @ torch.from_numpy(emb).T  # the exact answer, all pairs
+    rows, cols = (similarity > 1 - 1e-3).nonzero(as_tuple=True)
+    return emb, {(i, j) for i, j in zip(rows.tolist(), cols.tolist(), strict=True) if i < j}
+
+
+def test_near_duplicate_search_above_the_exact_size_finds_the_exact_pairs() -> None:
+    # Above EXACT_SEARCH_MAX rows the search is faiss's inverted-file index (approximate): on planted
+    # pairs spread over both sides of the threshold it finds exactly what all-pairs search finds.
+    from lightning_tricks.functional.data_scan import EXACT_SEARCH_MAX, near_duplicate_pairs
+
+    n = EXACT_SEARCH_MAX + 2000
+    emb, truth = _planted_embeddings(n, 200)
+    found = near_duplicate_pairs(emb, np.arange(n), emb, np.arange(n), 1e-3, same=True)
+    assert 50 < len(truth) < 200  # some planted pairs fall outside the threshold, by construction
+    assert {(i, j) for i, j, _ in found} == truth
+    # Across splits (leakage): the second half against the first, indices kept.
+    half = n // 2
+    cross = near_duplicate_pairs(emb[half:], np.arange(half, n), emb[:half], np.arange(half), 1e-3, same=False)
+    assert {(min(i, j), max(i, j)) for i, j, _ in cross} == {(i, j) for i, j in truth if i < half <= j}
