@@ -106,7 +106,7 @@ class EpochTimer(pl.Callback):
 
 def trainer(callbacks: list, epochs: int, **kwargs: Any) -> pl.Trainer:
     return pl.Trainer(
-        accelerator="cpu", max_epochs=epochs, callbacks=callbacks, logger=False, enable_checkpointing=False,
+        accelerator="auto", max_epochs=epochs, callbacks=callbacks, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, **kwargs,
     )  # fmt: skip
 
