@@ -522,3 +522,19 @@ def test_every_callback_in_two_process_ddp(style: str) -> None:
     # Two ranks train on different halves of each batch, so only the count is closed-form across the
     # two runs; within the DDP run both ranks report the same exact mean.
     assert ranks[0]["val"] == ranks[1]["val"]
+
+
+def test_test_time_augmentation_on_an_inline_loss_module() -> None:
+    from lightning_tricks import TestTimeAugmentation
+
+    pl.seed_everything(0, verbose=False)
+    model, (train, val) = InlineLoss(), loaders("fit_loaders")
+    tta = TestTimeAugmentation(views=["identity"])  # flat features: the identity view, exact closed form
+    options = {"accelerator": "cpu", "logger": False, "enable_progress_bar": False, "enable_model_summary": False}
+    trainer = pl.Trainer(max_epochs=1, callbacks=[tta], enable_checkpointing=False, **options)
+    trainer.fit(model, train, val)
+    trainer.test(model, dataloaders=val, verbose=False)
+    x, y = val.dataset.tensors
+    with torch.no_grad():
+        exact = float(F.cross_entropy(model(x), y, reduction="sum")) / len(y)
+    assert tta.result.count == len(y) and tta.result.loss == pytest.approx(exact, rel=1e-5)

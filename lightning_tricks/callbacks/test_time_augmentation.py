@@ -44,11 +44,12 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, IterableDataset
 from typing_extensions import override
 
+from lightning_tricks.functional.sample_losses import per_sample_loss
 from lightning_tricks.functional.tta import TTAResult, View, batch_totals, mean_probabilities, parse_views
 from lightning_tricks.utilities.isolation import evaluating
 from lightning_tricks.utilities.media import log_table
 from lightning_tricks.utilities.precision import run_precision, to_model
-from lightning_tricks.utilities.protocol import INPUT_KEYS, AdapterError, ModelAdapter, loss_function
+from lightning_tricks.utilities.protocol import INPUT_KEYS, AdapterError, ModelAdapter, logits_of
 from lightning_tricks.utilities.sharding import shard, strided
 
 _OWNER = "TestTimeAugmentation"
@@ -110,9 +111,7 @@ class TestTimeAugmentation(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage not in ("test", "predict"):
             return
-        self.adapter.task_of(pl_module)  # fails here, with what to provide, rather than after the test pass
         if stage == "test":
-            loss_function(pl_module, self.adapter.loss_fn)
             if trainer.limit_test_batches not in (1.0, None):
                 rank_zero_warn(
                     f"{_OWNER}: limit_test_batches={trainer.limit_test_batches} makes Lightning's own test metrics "
@@ -154,15 +153,17 @@ class TestTimeAugmentation(Callback):
     def evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loader: Any) -> TTAResult | None:
         """Exact per-view and TTA means over all of ``loader``'s samples, identical on every rank."""
         loader, partitioned = shard(loader, trainer.global_rank, trainer.world_size)
-        task = self.adapter.task_of(pl_module)
+        task = None
         totals: torch.Tensor | None = None
         views: list[View] | None = self.views
         with evaluating(pl_module), run_precision(trainer):
             for batch in loader:
-                inputs, targets = self.adapter.inputs_targets(pl_module, to_model(trainer, batch))
+                batch = to_model(trainer, batch)
+                task = task or self.adapter.task_of(pl_module, batch)
+                inputs, targets = self.adapter.inputs_targets(pl_module, batch)
                 views = views or default_views(_tensor(inputs))
                 outputs = self._outputs(pl_module, inputs, views)
-                batch_sum = batch_totals(outputs, targets, task, lambda o, t: self.adapter.loss(pl_module, o, t))
+                batch_sum = batch_totals(outputs, targets, task, self._loss(pl_module, task))
                 totals = batch_sum if totals is None else totals + batch_sum
         if partitioned:
             # Every rank reaches this (an empty shard included): the shape is fixed by the view count.
@@ -182,12 +183,14 @@ class TestTimeAugmentation(Callback):
         world = trainer.world_size if mapped else 1  # an iterable data set: every rank predicts all of it
         if mapped:  # this rank's strided share, in data-set order whatever the loader's sampler
             loader, _ = strided(loader, trainer.global_rank, world)
-        task = self.adapter.task_of(pl_module)
+        task = None
         chunks: list[torch.Tensor] = []
         views = self.views
         with evaluating(pl_module), run_precision(trainer):
             for batch in loader:
-                inputs = self._inputs(pl_module, to_model(trainer, batch))
+                batch = to_model(trainer, batch)
+                task = task or self.adapter.task_of(pl_module, batch)  # batches without targets need `task=`
+                inputs = self._inputs(pl_module, batch)
                 views = views or default_views(_tensor(inputs))
                 chunks.append(mean_probabilities(self._outputs(pl_module, inputs, views), task).cpu())
         local = torch.cat(chunks) if chunks else None
@@ -215,6 +218,13 @@ class TestTimeAugmentation(Callback):
                 return batch[key]
         return self.adapter.inputs_targets(pl_module, batch)[0]
 
+    def _loss(self, pl_module: pl.LightningModule, task: str) -> Any:
+        """The batch-mean loss of one view's outputs: the module's loss function, else the task's closed form
+        (the module's own step cannot be run on a view: it computes its loss from the batch, not from outputs)."""
+        if self.adapter.has_loss_function(pl_module):
+            return lambda o, t: self.adapter.loss(pl_module, o, t)
+        return lambda o, t: per_sample_loss(task, o, t).mean()
+
     @staticmethod
     def _outputs(pl_module: pl.LightningModule, inputs: Any, views: list[View]) -> list[torch.Tensor]:
         x = _tensor(inputs)
@@ -227,7 +237,7 @@ class TestTimeAugmentation(Callback):
                     f"{_OWNER}: the view {view.name!r} (from `views`) does not apply to inputs of shape "
                     f"{tuple(x.shape)}: {err}"
                 ) from err
-            outputs.append(pl_module(viewed))
+            outputs.append(logits_of(pl_module(viewed)))
         return outputs
 
     def _views_for_empty_shard(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loader: Any) -> list[View]:
