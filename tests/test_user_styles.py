@@ -538,3 +538,14 @@ def test_test_time_augmentation_on_an_inline_loss_module() -> None:
     with torch.no_grad():
         exact = float(F.cross_entropy(model(x), y, reduction="sum")) / len(y)
     assert tta.result.count == len(y) and tta.result.loss == pytest.approx(exact, rel=1e-5)
+
+
+def test_tta_shift_views_on_signals_without_a_channel_axis() -> None:
+    from lightning_tricks import TestTimeAugmentation
+
+    pl.seed_everything(0, verbose=False)
+    model, val = InlineLoss(), loaders("fit_loaders")[1]
+    tta = TestTimeAugmentation(views=["shift:1", "shift:-1"])  # (N, L) inputs: shifted as (N, 1, L)
+    options = {"accelerator": "cpu", "logger": False, "enable_progress_bar": False, "enable_model_summary": False}
+    pl.Trainer(max_epochs=1, callbacks=[tta], enable_checkpointing=False, **options).test(model, dataloaders=val)
+    assert tta.result.views == ("identity", "shift:1", "shift:-1") and tta.result.count == 64

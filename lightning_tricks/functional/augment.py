@@ -32,7 +32,14 @@ def shift(x: torch.Tensor, offsets: Sequence[int]) -> torch.Tensor:
     [[[1.0, 1.0, 2.0, 3.0]]]
     >>> shift(torch.tensor([[[1.0, 2.0, 3.0, 4.0]]]), (-2,)).tolist()
     [[[3.0, 4.0, 4.0, 4.0]]]
+
+    ``(N, L)`` signals without a channel axis are shifted as ``(N, 1, L)``:
+
+    >>> shift(torch.tensor([[1.0, 2.0, 3.0]]), (1,)).tolist()
+    [[1.0, 1.0, 2.0]]
     """
+    if x.ndim == 2:
+        return shift(x[:, None], offsets)[:, 0]
     dims = _spatial_dims(x)
     offsets = [int(o) for o in offsets]
     if len(offsets) != dims:
@@ -52,8 +59,9 @@ def shift(x: torch.Tensor, offsets: Sequence[int]) -> torch.Tensor:
 
 
 def hflip(x: torch.Tensor) -> torch.Tensor:
-    """Mirror the last dimension (left-right for images, time-reversal for signals)."""
-    _spatial_dims(x)
+    """Mirror the last dimension (left-right for images, time-reversal for signals, ``(N, L)`` included)."""
+    if x.ndim != 2:
+        _spatial_dims(x)
     return x.flip(-1)
 
 
