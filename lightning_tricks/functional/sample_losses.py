@@ -29,10 +29,22 @@ def _binary_logits(outputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.
     return outputs.float().reshape(len(outputs)), targets.float().reshape(len(targets))
 
 
-def correct_predictions(task: str, outputs: torch.Tensor, targets: torch.Tensor) -> int | None:
-    """Number of right predictions in a batch (None for regression): argmax; logit > 0; all labels right."""
+def correct_predictions(task: str, outputs: torch.Tensor, targets: torch.Tensor) -> float | None:
+    """Number of right predictions in a batch (None for regression): argmax; logit > 0; all labels right.
+
+    Multiclass outputs carry the classes on dim 1, as ``F.cross_entropy`` wants: ``(N, C)``, or
+    ``(N, C, H, W)`` against ``(N, H, W)`` targets (segmentation), where each sample counts the share
+    of its pixels that are right, so the mean over samples is the pixel accuracy.
+
+    >>> logits = torch.tensor([[[2.0, 2.0], [0.0, 0.0]]])  # (N=1, C=2, L=2): class 0 at both positions
+    >>> correct_predictions("multiclass", logits, torch.tensor([[0, 1]]))
+    0.5
+    """
     if task == "multiclass":
-        return int((outputs.argmax(-1) == targets).sum())
+        right = (outputs.argmax(1) == targets).float()
+        if right.ndim == 1:
+            return int(right.sum())
+        return float(right.reshape(len(right), -1).mean(-1).sum())
     if task == "binary":
         return int(((outputs.reshape(targets.shape) > 0) == (targets > 0.5)).sum())
     if task == "multilabel":
@@ -52,8 +64,9 @@ def per_sample_loss(task: str, outputs: torch.Tensor, targets: torch.Tensor) -> 
     tensor([1., 4.])
     """
     check_task(task)
-    if task == "multiclass":
-        return F.cross_entropy(outputs.float(), targets.long(), reduction="none")
+    if task == "multiclass":  # (N, C) logits, or (N, C, ...) against (N, ...) targets: averaged per sample
+        terms = F.cross_entropy(outputs.float(), targets.long(), reduction="none")
+        return terms if terms.ndim == 1 else terms.reshape(len(terms), -1).mean(-1)
     if task == "binary":
         return F.binary_cross_entropy_with_logits(*_binary_logits(outputs, targets), reduction="none")
     n = len(outputs)
@@ -73,7 +86,7 @@ def predicted_label(task: str, outputs: torch.Tensor) -> torch.Tensor:
     """
     check_task(task)
     if task == "multiclass":
-        return outputs.argmax(-1)
+        return outputs.argmax(1)
     if task == "binary":
         return (outputs.reshape(len(outputs)) > 0).long()
     if task == "multilabel":
