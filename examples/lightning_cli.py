@@ -1,8 +1,9 @@
 """lightning-tricks with Lightning's own CLI: every class configured from YAML by jsonargparse.
 
-``LightningCLI`` reads the constructors' type hints to build a command line and a config format; the
-config next to this file lists our ``SeedEverything`` callback and ``DigitsDataModule`` by class path.
-Run it from the repository root::
+``LightningCLI`` needs jsonargparse, the package's ``cli`` extra: ``pip install ".[cli]"``. It reads
+the constructors' type hints to build a command line and a config format; the config next to this
+file lists the default recipe's callbacks (seed, bias init, the checks, the monitors) and our
+``DigitsDataModule`` by class path. Run it from the repository root::
 
     python examples/lightning_cli.py fit --config examples/lightning_cli.yaml
     python examples/lightning_cli.py fit --config examples/lightning_cli.yaml --trainer.max_epochs=2 \\
@@ -12,6 +13,7 @@ Run it from the repository root::
 
 from __future__ import annotations
 
+import logging
 from operator import attrgetter
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -30,6 +32,8 @@ class TricksCLI(LightningCLI):
 
 
 def main() -> None:
+    # The checks' verdicts are log records of the `lightning_tricks` loggers: show the passes too.
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     TricksCLI(
         MLP,
         # Any of our data modules, chosen in the config by `class_path` (DigitsDataModule there).

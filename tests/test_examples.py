@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -38,6 +39,22 @@ def callback_states(ckpt: Path) -> dict[str, dict]:
     return torch.load(ckpt, map_location="cpu", weights_only=True)["callbacks"]
 
 
+def assert_recipe_ran(output: str, log_dir: Path, states: dict[str, dict], epochs: int) -> None:
+    """The default recipe's callbacks ran on the example's model: verdicts, numbers, pictures, tables."""
+    for check in ("init_loss", "gradient_dependency", "overfit_batch", "input_independent_baseline", "shuffle"):
+        assert f"[{check}] pass" in output, output[-3000:]
+    assert "LastLayerBiasInit: task multiclass (inferred)" in output
+    assert last_metric(log_dir / "metrics.csv", "tricks/full_loss/val") > 0  # FullDatasetLoss
+    assert last_metric(log_dir / "metrics.csv", "tricks/init_loss/measured") > 0
+    media = log_dir / "media"
+    assert (media / "tricks_bias_init_priors_step0.png").is_file()
+    assert list(media.glob("tricks_visualize_batch_0_inputs_step*.png"))  # VisualizeBatch
+    rows = list(csv.DictReader((media / "tricks_prediction_dynamics_table.csv").open()))
+    assert len(rows) == 16 * epochs and all((media / row["input"]).is_file() for row in rows)
+    (dynamics,) = [state for key, state in states.items() if key.startswith("PredictionDynamics")]
+    assert len(dynamics["history"]) == 16 * epochs
+
+
 @pytest.mark.slow
 def test_python_api(tmp_path: Path) -> None:
     out = tmp_path / "out"
@@ -46,8 +63,35 @@ def test_python_api(tmp_path: Path) -> None:
     match = re.fullmatch(r"val_acc=(\S+)", result.stdout.strip().splitlines()[-1])
     assert match, result.stdout[-2000:]
     assert float(match.group(1)) > 0.5
+    assert "checks: 6 of 6 passed" in result.stdout
     states = callback_states(out / "checkpoints" / "last.ckpt")
     assert states["SeedEverything"]["seed"] == 0
+    assert_recipe_ran(result.stdout + result.stderr, out / "csv", states, epochs=2)
+
+
+@pytest.mark.slow
+def test_own_model_from_the_current_folder(tmp_path: Path) -> None:
+    """`model._target_=mymodule.MyModel` run where mymodule.py is, with the installed script, no PYTHONPATH."""
+    project = tmp_path / "project"
+    project.mkdir()
+    shutil.copy(EXAMPLES / "own_model" / "mymodule.py", project)
+    script = Path(sys.executable).parent / "lightning-tricks"  # not `python -m`, which would add the folder itself
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    run_dir = tmp_path / "run"
+    overrides = ["model._target_=mymodule.MyModel", "model.hidden_sizes=[32]", "trainer.max_epochs=2", "logger=csv"]
+    result = subprocess.run(
+        [str(script), "train", *overrides, f"hydra.run.dir={run_dir}"],
+        cwd=project,
+        env={**env, "WANDB_MODE": "offline"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["state_dict"]["net.1.weight"].shape == (32, 64)  # the user's model, with the override
+    assert last_metric(run_dir / "csv" / "metrics.csv", "val/acc") > 0.3
+    assert "[init_loss] pass" in result.stdout and "lightning-tricks: run finished" in result.stdout
 
 
 @pytest.mark.slow
@@ -105,7 +149,7 @@ def test_my_hydra_config_instantiates_overrides(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_lightning_cli(tmp_path: Path) -> None:
-    run(
+    result = run(
         [
             sys.executable,
             str(EXAMPLES / "lightning_cli.py"),
@@ -123,6 +167,7 @@ def test_lightning_cli(tmp_path: Path) -> None:
     assert (log_dir / "config.yaml").is_file()  # LightningCLI's record of the full config
     assert last_metric(log_dir / "metrics.csv", "val/acc") > 0.5
     ckpt = torch.load(log_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert_recipe_ran(result.stdout + result.stderr, log_dir, ckpt["callbacks"], epochs=2)
     seed_keys = [key for key in ckpt["callbacks"] if "SeedEverything" in key]
     assert len(seed_keys) == 1
     assert ckpt["callbacks"][seed_keys[0]]["seed"] == 0

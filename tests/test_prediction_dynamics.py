@@ -1,4 +1,5 @@
-"""Recipe 2.11 — PredictionDynamics: fixed seeded samples, right numbers, one growing table, resume- and DDP-safe."""
+"""Recipe 2.11 — PredictionDynamics: fixed seeded samples, right numbers, one growing table (each row written
+once), resume- and DDP-safe."""
 
 from __future__ import annotations
 
@@ -47,9 +48,10 @@ def test_rows_hold_the_true_class_probability_and_loss(tmp_path: Path) -> None:
         )
         assert row["prediction"] == int(logits[k].argmax())
     media = tmp_path / "csv" / "media"
-    with (media / "tricks_prediction_dynamics_table_step6.csv").open() as f:
+    with (media / "tricks_prediction_dynamics_table.csv").open() as f:
         table = list(csv.DictReader(f))
-    assert len(table) == 16  # the whole history, growing
+    assert len(table) == 16  # one file: each evaluation appended its 8 rows
+    assert [int(row["epoch"]) for row in table] == [0] * 8 + [1] * 8
     thumbnails = {row["input"] for row in table}
     assert len(thumbnails) == 8 and all((media / t).exists() for t in thumbnails)  # one picture per sample
     assert (media / "tricks_prediction_dynamics_curves_step6.png").exists()
@@ -78,7 +80,7 @@ def test_regression_logs_predictions(tmp_path: Path) -> None:
     assert callback._inputs["val", row["index"]].startswith(f"{float(x[0]):.3g} ")  # values, not a picture
 
 
-def test_wandb_gets_one_table_per_evaluation(tmp_path: Path) -> None:
+def test_wandb_table_gains_each_evaluation_s_rows(tmp_path: Path) -> None:
     logger = WandbLogger(project="lt-tests", save_dir=str(tmp_path), offline=True)
     trainer(tmp_path, [PredictionDynamics(num_samples=4)], logger=logger).fit(
         MLP(input_shape=(1, 8, 8), num_outputs=10), datamodule=DigitsDataModule()
@@ -86,15 +88,12 @@ def test_wandb_gets_one_table_per_evaluation(tmp_path: Path) -> None:
     files = Path(logger.experiment.dir)
     logger.experiment.finish()
     run = read_offline_run(files.parent)
-    assert run.values("tricks/prediction_dynamics/table/nrows") == [4, 8]
-    last = max(
-        (files / "media" / "table").glob("tricks/prediction_dynamics/table_*.table.json"),
-        key=lambda p: p.stat().st_mtime,
-    )
-    table = json.loads(last.read_text())
-    assert len(table["data"]) == 8
-    column = table["columns"].index("input")
-    assert all(row[column] == "Image" for row in table["data"])  # W&B wrote an image cell per row
+    assert run.values("tricks/prediction_dynamics/table/nrows") == [4, 8]  # the table's size after each increment
+    increments = sorted((files / "media" / "table").glob("tricks/prediction_dynamics/table_*.table.json"))
+    assert [len(json.loads(f.read_text())["data"]) for f in increments] == [4, 4]  # each holds its own rows
+    table = run.table("tricks/prediction_dynamics/table")  # as W&B shows it: the increments together
+    assert [row["epoch"] for row in table] == [0] * 4 + [1] * 4
+    assert all(row["input"].is_file() for row in table)  # a picture per row, not the string 'Image'
     assert run.values("tricks/prediction_dynamics/curves/_type") == ["images/separated"]  # drawn at the end
 
 
@@ -121,4 +120,5 @@ def dynamics_on_ranks(root: str, devices: int) -> dict:
 def test_under_ddp_both_ranks_agree_and_rank_zero_writes(tmp_path: Path) -> None:
     rank0, rank1 = run_ddp(dynamics_on_ranks, str(tmp_path), devices=2, timeout=180)
     assert rank0 == rank1 and len(rank0["history"]) == 8
-    assert len(list((tmp_path / "csv" / "media").glob("tricks_prediction_dynamics_table_*.csv"))) == 2
+    (table,) = (tmp_path / "csv" / "media").glob("tricks_prediction_dynamics_table*.csv")
+    assert len(table.read_text().splitlines()) == 1 + 8

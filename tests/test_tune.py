@@ -269,8 +269,8 @@ def test_each_trial_is_a_wandb_run_grouped_by_study(tmp_path: Path) -> None:
         assert run.values("val/loss") and run.config["model"]["optimizer"]["lr"] == pytest.approx(
             trial.params["model.optimizer.lr"]
         )
-        log = next(run_dir.glob("run-*.wandb")).read_bytes()
-        assert f"trial-{trial.number}".encode() in log and b"digits" in log  # run name, group = study
+        assert run.name.startswith(f"trial-{trial.number}") and run.group == "digits"  # group = study
+        assert all(run_dir in f.parents for f in run.staged_files())
     # One more run for the study: the plots and the trials table.
     (summary_dir,) = (tmp_path / "wandb").glob("offline-run-*")
     summary = read_offline_run(summary_dir)
@@ -278,6 +278,8 @@ def test_each_trial_is_a_wandb_run_grouped_by_study(tmp_path: Path) -> None:
         key.split("/")[0] + "/" + key.split("/")[1] for key in summary.summary if key.startswith("tune/")
     }
     assert summary.summary["best_trial"] == study.best_trial.number
+    assert [row["number"] for row in summary.table("tune/trials")] == ["0", "1"]
+    assert summary.staged_files() and all(summary_dir in f.parents for f in summary.staged_files())
 
 
 def test_a_rerun_with_another_config_does_not_join_the_study(tmp_path: Path) -> None:

@@ -69,11 +69,11 @@ def test_tune_with_a_reversed_range(tmp_path: Path, search_spaces: Path) -> None
 
 
 def test_ensemble_of_members_trained_on_different_splits(tmp_path: Path) -> None:
-    """Two runs of `train -m seed=1,2` without a fixed `data.seed`: each has its own test set."""
+    """Two runs of `train -m seed=1,2 data.seed=1,2`: each has its own test set."""
     for seed in (1, 2):
         run = tmp_path / "runs" / str(seed)
         with initialize_config_module(config_module="lightning_tricks.conf", version_base="1.3"):
-            config = compose("train", overrides=[f"seed={seed}"])
+            config = compose("train", overrides=[f"seed={seed}", f"data.seed={seed}"])
         (run / ".hydra").mkdir(parents=True)
         OmegaConf.save(config, run / ".hydra" / "config.yaml")  # as Hydra saves it: interpolations kept
         (run / "checkpoints").mkdir()

@@ -15,12 +15,13 @@ from lightning_tricks.functional.sample_losses import per_sample_loss
 from lightning_tricks.utilities.arguments import check_int
 from lightning_tricks.utilities.isolation import evaluating
 from lightning_tricks.utilities.loaders import require_loader
-from lightning_tricks.utilities.media import log_image, log_table
+from lightning_tricks.utilities.media import GrowingTable, log_image
 from lightning_tricks.utilities.plots import new_figure
 from lightning_tricks.utilities.precision import run_precision, to_model
 from lightning_tricks.utilities.protocol import ModelAdapter, logits_of
 from lightning_tricks.utilities.state_keys import StatefulCallback
 
+TABLE_KEY = "tricks/prediction_dynamics/table"
 COLUMNS = ["epoch", "step", "split", "index", "input", "label", "prediction", "p_true", "loss"]
 
 
@@ -30,9 +31,10 @@ class PredictionDynamics(StatefulCallback):
     ``num_samples`` validation samples (and ``num_train_samples`` training samples) are drawn once
     from ``seed`` — the same on every rank and, through the checkpoint, after a resume. For each
     sample and evaluation: label, predicted label (or value, for regression), probability of the
-    true class, and loss. Logged as one growing table (a W&B table, or a CSV) at every evaluation,
-    with a picture of every sample's probability of its true class (or prediction) against the epoch
-    every ``plot_every_n_epochs`` evaluations and at the end of training. ``history``
+    true class, and loss. Logged as one growing table (an incremental W&B table, or a CSV) to which
+    every evaluation adds only its own rows, so its cost is linear in the epochs, with a picture of
+    every sample's probability of its true class (or prediction) against the epoch every
+    ``plot_every_n_epochs`` evaluations and at the end of training. ``history``
     holds all rows and ``indices`` the chosen samples; both travel in checkpoints.
     """
 
@@ -56,6 +58,8 @@ class PredictionDynamics(StatefulCallback):
         self.every_n_epochs = check_int(every_n_epochs, "every_n_epochs", owner="PredictionDynamics")
         self.plot_every_n_epochs = check_int(plot_every_n_epochs, "plot_every_n_epochs", owner="PredictionDynamics")
         self._plotted_at = 0
+        self._table = GrowingTable(TABLE_KEY, COLUMNS)
+        self._logged = 0  # rows of `history` already in this fit's table
         self._inputs: dict[tuple[str, int], Any] = {}
         self.seed = seed
         self.adapter = ModelAdapter(split_batch=split_batch, loss_fn=loss_fn, task=task)
@@ -76,6 +80,13 @@ class PredictionDynamics(StatefulCallback):
             if n:
                 size = len(self._dataset(trainer, pl_module, split))
                 self.indices[split] = sorted(torch.randperm(size, generator=generator)[:n].tolist())
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # A new table for each fit: its first rows are the whole history (after a resume, the
+        # checkpoint's), later evaluations add only theirs.
+        self._table = GrowingTable(TABLE_KEY, COLUMNS)
+        self._logged = 0
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -144,9 +155,10 @@ class PredictionDynamics(StatefulCallback):
     def _log(self, trainer: pl.Trainer, task: str) -> None:
         rows = [
             [self._inputs.get((r["split"], r["index"]), "") if c == "input" else r[c] for c in COLUMNS]
-            for r in self.history
+            for r in self.history[self._logged :]
         ]
-        log_table(trainer, "tricks/prediction_dynamics/table", COLUMNS, rows)
+        self._table.append(trainer, rows)
+        self._logged = len(self.history)
         # The picture costs ~0.1 s to draw: every `plot_every_n_epochs` epochs and at the end of training.
         epochs = len({r["epoch"] for r in self.history})
         if epochs % self.plot_every_n_epochs == 0 or trainer.current_epoch + 1 >= (trainer.max_epochs or 0) > 0:

@@ -6,10 +6,15 @@ step), runs on every rank, and returns a :class:`CheckResult`. The base class th
 verdict identical on all ranks, stores it as ``self.result``, logs its numbers under
 ``tricks/<name>/...`` and its figures through the media layer (rank zero), and raises
 :class:`RecipeCheckError`, warns, or stays silent as ``on_failure`` says.
+
+Verdicts are log records of the ``lightning_tricks`` loggers (rank zero): a pass at INFO, a failure
+with ``on_failure="warn"`` at WARNING, so they read as one line each, without a source-file prefix, and
+land in the run's log file under Hydra.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -17,7 +22,6 @@ from typing import Any, ClassVar
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.seed import isolate_rng
 from typing_extensions import override
 
@@ -27,6 +31,8 @@ from lightning_tricks.utilities.precision import run_precision, to_model
 from lightning_tricks.utilities.protocol import ModelAdapter
 
 ON_FAILURE = ("raise", "warn", "ignore")
+
+log = logging.getLogger(__name__)
 
 
 class RecipeCheckError(RuntimeError):
@@ -127,11 +133,12 @@ class RecipeCheck(Callback):
         for key, figure in result.figures.items():
             log_image(trainer, f"tricks/{self.name}/{key}", figure)
         if result.passed:
-            rank_zero_info(f"[{self.name}] pass: {result.message}")
+            if trainer.is_global_zero:
+                log.info("[%s] pass: %s", self.name, result.message)
         elif self.on_failure == "raise":
             raise RecipeCheckError(result)
-        elif self.on_failure == "warn":
-            rank_zero_warn(f"[{self.name}] FAIL: {result.message}")
+        elif self.on_failure == "warn" and trainer.is_global_zero:
+            log.warning("[%s] FAIL: %s", self.name, result.message)
         return result
 
 

@@ -60,6 +60,12 @@ def main(argv: list[str] | None = None) -> int | None:
         return 0
     import importlib
 
+    # `model._target_=mymodule.MyModel` names a module of the user's project, in the folder they run the
+    # command from. Hydra imports `_target_`s from sys.path, which for an installed script holds the
+    # script's folder, not the current one (`python -m` would add it). Appended, not prepended: a file
+    # of the user's never shadows an installed package. DDP ranks re-launched by Lightning come here too.
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
     module = importlib.import_module(f"lightning_tricks.commands.{COMMANDS[command][0]}")
     sys.argv = [sys.argv[0], *rest]
     module.main()

@@ -15,6 +15,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_tricks.callbacks.lr_range_test import RangeTestResult, lr_range_test
+from lightning_tricks.commands.console import quiet_unless_verbose
 from lightning_tricks.commands.usage_errors import exits_on_usage_error
 
 
@@ -46,6 +47,7 @@ def lr_find(cfg: DictConfig) -> RangeTestResult:
 
 @hydra.main(version_base="1.3", config_path="pkg://lightning_tricks.conf", config_name="lr_find")
 @exits_on_usage_error
+@quiet_unless_verbose
 def main(cfg: DictConfig) -> None:
     result = lr_find(cfg)
     others = ", ".join(f"{name} {lr:.2e}" for name, lr in sorted(result.suggestions.items()) if name != result.rule)

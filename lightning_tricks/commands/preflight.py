@@ -13,6 +13,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_tricks.callbacks.recipe_check import RecipeCheck
+from lightning_tricks.commands.console import quiet_unless_verbose
 from lightning_tricks.commands.train import build_data_and_model, instantiate_group
 from lightning_tricks.commands.usage_errors import exits_on_usage_error
 from lightning_tricks.preflight import PreflightReport, run_preflight
@@ -26,7 +27,9 @@ def preflight(cfg: DictConfig) -> PreflightReport:
     loggers = instantiate_group(cfg.get("logger"), "logger")
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     # The run's length goes along: configure_optimizers may size a schedule from it (run_preflight stops at fit start).
-    trainer_cfg = {k: v for k, v in trainer_cfg.items() if k != "_target_"}
+    # No model summary or progress bar: they would describe a training run that does not happen.
+    dropped = ("_target_", "enable_model_summary", "enable_progress_bar")
+    trainer_cfg = {k: v for k, v in trainer_cfg.items() if k not in dropped}
     report = run_preflight(model, datamodule, checks=checks, **{**trainer_cfg, "logger": loggers or False})
     if rank_zero_only.rank == 0:
         report.save(cfg.paths.output_dir)
@@ -35,6 +38,7 @@ def preflight(cfg: DictConfig) -> PreflightReport:
 
 @hydra.main(version_base="1.3", config_path="pkg://lightning_tricks.conf", config_name="preflight")
 @exits_on_usage_error
+@quiet_unless_verbose
 def main(cfg: DictConfig) -> None:
     report = preflight(cfg)
     if rank_zero_only.rank == 0:

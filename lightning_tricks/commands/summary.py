@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
+
+#: the file :meth:`RunSummary.save` writes in the run folder
+FILE_NAME = "summary.json"
 
 
 @dataclass
@@ -73,6 +77,12 @@ class RunSummary:
             evaluated=evaluated,
             logs=logs,
         )
+
+    def save(self, folder: str | Path) -> Path:
+        """Write the summary as ``<folder>/summary.json`` (a multirun's overview reads its jobs' files)."""
+        path = Path(folder) / FILE_NAME
+        path.write_text(json.dumps(asdict(self), indent=2, default=str) + "\n")
+        return path
 
     def print(self) -> None:
         """Print the summary as a Rich table (rank zero only)."""

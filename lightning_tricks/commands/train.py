@@ -17,8 +17,10 @@ from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from lightning_tricks.commands.console import quiet_unless_verbose
 from lightning_tricks.commands.summary import RunSummary
 from lightning_tricks.commands.usage_errors import exits_on_usage_error
+from lightning_tricks.commands.wandb_runs import declare_wandb_metrics, name_wandb_runs
 from lightning_tricks.functional.seed import check_seed
 from lightning_tricks.utilities.arguments import UsageError
 
@@ -90,6 +92,7 @@ def _eval_ckpt(requested: str | None, checkpoints: tuple[str | None, str | None]
 def train(cfg: DictConfig) -> RunSummary:
     """Fit the configured model, then evaluate it on val (and test); return the run's summary."""
     datamodule, model, trainer = build(cfg)
+    declare_wandb_metrics(trainer.loggers)
     for logger in trainer.loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     try:
@@ -114,9 +117,13 @@ def train(cfg: DictConfig) -> RunSummary:
 
 @hydra.main(version_base="1.3", config_path="pkg://lightning_tricks.conf", config_name="train")
 @exits_on_usage_error
+@quiet_unless_verbose
 def main(cfg: DictConfig) -> float | None:
+    name_wandb_runs(cfg)
     summary = train(cfg)
     summary.print()
+    if rank_zero_only.rank == 0:
+        summary.save(cfg.paths.output_dir)
     # `lightning-tricks tune` runs multi-process (DDP) trials as this command and reads the result here.
     result_file = os.environ.get("LIGHTNING_TRICKS_RESULT_FILE")
     if result_file and rank_zero_only.rank == 0:

@@ -1,9 +1,12 @@
-"""Read back what an offline W&B run wrote: its history, summary and config, from the run's ``.wandb`` file.
+"""Read back what an offline W&B run wrote: its name, group and tags, history, summary, config, metric
+definitions and tables, from the run's ``.wandb`` file.
 
 Offline runs keep everything in one transaction log (``run-<id>.wandb``,
 LevelDB's log format holding protobuf ``Record`` messages — what ``wandb
-sync`` uploads); media go to ``files/media/``. Tests (ours, and users' CI)
-use this to assert on what was logged, with the real W&B and no account.
+sync`` uploads); media go to ``files/media/``. A table is also an artifact
+whose files (the table's JSON, its pictures) W&B stages before the upload; the
+log names each by its absolute path. Tests (ours, and users' CI) use this to
+assert on what was logged, with the real W&B and no account.
 """
 
 from __future__ import annotations
@@ -30,10 +33,51 @@ class OfflineRun:
     history: list[dict[str, Any]] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
+    name: str = ""
+    group: str = ""
+    tags: list[str] = field(default_factory=list)
+    job_type: str = ""
+    #: ``define_metric`` declarations, by metric name or glob: ``{"step_metric": ..., "summary": [...], ...}``
+    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: logged artifacts: ``{"name", "type", "client_id", "files": {path in the artifact: staged file}}``
+    artifacts: list[dict[str, Any]] = field(default_factory=list)
 
     def values(self, key: str) -> list[Any]:
         """Every logged value of ``key``, in order."""
         return [row[key] for row in self.history if key in row]
+
+    def staged_files(self) -> list[Path]:
+        """Every file W&B staged for this run's artifacts (uploaded by ``wandb sync``)."""
+        return [Path(f) for artifact in self.artifacts for f in artifact["files"].values()]
+
+    def table(self, key: str) -> list[dict[str, Any]]:
+        """The rows of the table logged under ``key``, as W&B shows it: the last logged table, or every
+        increment of an incremental one, one dict per row. Picture cells are the staged PNG files' paths."""
+        logs = [row for row in self.history if f"{key}/artifact_path" in row]
+        if not logs:
+            raise KeyError(f"No table logged under {key!r} in {self.path}.")
+        if logs[-1].get(f"{key}/log_mode") != "INCREMENTAL":
+            logs = logs[-1:]
+        rows = []
+        for log in logs:
+            artifact, entry = self._artifact_entry(log[f"{key}/artifact_path"])
+            table = json.loads(Path(artifact["files"][entry]).read_text())
+            for values in table["data"]:
+                cells = [
+                    Path(artifact["files"][v["path"]]) if isinstance(v, dict) and v.get("_type") == "image-file" else v
+                    for v in values
+                ]
+                rows.append(dict(zip(table["columns"], cells, strict=True)))
+        return rows
+
+    def _artifact_entry(self, uri: str) -> tuple[dict[str, Any], str]:
+        # "wandb-client-artifact://<client id>[:latest]/<path in the artifact>"
+        client_id, _, entry = uri.removeprefix("wandb-client-artifact://").partition("/")
+        client_id = client_id.split(":")[0]
+        artifact = next((a for a in self.artifacts if a["client_id"] == client_id), None)
+        if artifact is None:
+            raise KeyError(f"No artifact {client_id!r} (from {uri!r}) in {self.path}.")
+        return artifact, entry
 
 
 def _records(path: Path):
@@ -84,6 +128,19 @@ def read_offline_run(run_dir: str | Path, timeout: float = 30.0) -> OfflineRun:
         time.sleep(0.1)
 
 
+def _artifact(artifact: Any) -> dict[str, Any]:
+    entries = list(artifact.manifest.contents)
+    files = {e.path: e.local_path for e in entries}
+    if artifact.manifest.manifest_file_path:  # large manifests: written to a gzipped JSON-lines file
+        import gzip
+
+        with gzip.open(artifact.manifest.manifest_file_path, "rt") as f:
+            for line in f:
+                entry = json.loads(line)
+                files[entry["path"]] = entry.get("local_path")
+    return {"name": artifact.name, "type": artifact.type, "client_id": artifact.client_id, "files": files}
+
+
 def _parse(run_dir: Path) -> tuple[OfflineRun, bool]:
     from wandb.proto import wandb_internal_pb2
 
@@ -101,6 +158,20 @@ def _parse(run_dir: Path) -> tuple[OfflineRun, bool]:
             run.summary.update({_item_key(i): json.loads(i.value_json) for i in record.summary.update})
         elif kind == "config":
             run.config.update({_item_key(i): json.loads(i.value_json) for i in record.config.update})
+        elif kind == "run":
+            run.name, run.group = record.run.display_name, record.run.run_group
+            run.tags, run.job_type = list(record.run.tags), record.run.job_type
+        elif kind == "metric":
+            metric = record.metric
+            summary = [f.name for f, on in metric.summary.ListFields() if on]
+            run.metrics[metric.name or metric.glob_name] = {
+                "step_metric": metric.step_metric,
+                "summary": summary,
+                "goal": metric.goal,
+                "step_sync": metric.options.step_sync,
+            }
+        elif kind == "artifact":
+            run.artifacts.append(_artifact(record.artifact))
         elif kind == "exit":
             finished = True
     return run, finished

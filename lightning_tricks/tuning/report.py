@@ -18,6 +18,8 @@ import optuna
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
+from lightning_tricks.utilities.media import wandb_files_in_run
+
 if TYPE_CHECKING:
     from lightning_tricks.tuning.study import TrialObjective
 
@@ -174,9 +176,10 @@ def _log_to_wandb(
         reinit="finish_previous",
     )
     try:
-        run.log({f"tune/{name}": wandb.Image(str(path)) for name, path in plots.items()})
-        columns, rows = table
-        run.log({"tune/trials": wandb.Table(columns=columns, data=[[str(v) for v in row] for row in rows])})
+        with wandb_files_in_run(run):  # the table's artifact staged in the run's folder, not the home directory
+            run.log({f"tune/{name}": wandb.Image(str(path)) for name, path in plots.items()})
+            columns, rows = table
+            run.log({"tune/trials": wandb.Table(columns=columns, data=[[str(v) for v in row] for row in rows])})
         if best is not None:
             run.summary.update({"best_value": best["value"], "best_trial": best["trial"], "command": best["command"]})
     finally:

@@ -5,6 +5,11 @@
 * with neither (a CSV logger, or none), images land as PNG and tables as CSV
   under ``<run dir>/media/`` so nothing is lost.
 
+A table that gains rows over the run (one batch per evaluation) is a :class:`GrowingTable`: each
+evaluation logs only its new rows, so the bytes written grow linearly with the run, not
+quadratically. Everything W&B writes for a run, including the copies it stages for table
+artifacts, stays in that run's folder (:func:`wandb_files_in_run`).
+
 Only rank zero writes; call these from every rank without guarding. Scalars
 go to every logger through ``log_metrics``, so they can be logged from hooks
 where ``LightningModule.log`` is not allowed (``setup``, ``on_fit_start``).
@@ -12,9 +17,11 @@ where ``LightningModule.log`` is not allowed (``setup``, ``on_fit_start``).
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +59,36 @@ def _file_path(trainer: pl.Trainer, key: str, step: int, suffix: str) -> Path:
     return path
 
 
+# W&B reads its data folder (artifact staging: `<data dir>/artifacts/staging`, with the artifact
+# manifests) and its cache folder from these variables each time it stages a file. wandb 0.31 has no
+# per-run setting for either; by default both are in the user's home (~/.local/share/wandb,
+# ~/.cache/wandb), where an offline run's staged copies stay until `wandb sync` (thousands of files
+# after a day of runs, untouched by deleting the run folder).
+_WANDB_FOLDERS = {"WANDB_DATA_DIR": "", "WANDB_CACHE_DIR": "cache"}
+
+
+@contextlib.contextmanager
+def wandb_files_in_run(run: Any) -> Iterator[Path]:
+    """Within the block, W&B stages artifact files (tables and their images) and caches them in the
+    folder of ``run`` (``.../wandb/offline-run-<time>-<id>``), not in the user's home.
+
+    The variables are set only while our own calls log (they are process-wide) and restored after:
+    a run's files go to its own folder, also when a multirun logs several runs one after another. The
+    staged files stay referenced by absolute path in the run's log, so ``wandb sync`` finds them.
+    """
+    folder = Path(run.dir).parent  # run.dir is the run's `files/`
+    saved = {name: os.environ.get(name) for name in _WANDB_FOLDERS}
+    os.environ.update({name: str(folder / sub) for name, sub in _WANDB_FOLDERS.items()})
+    try:
+        yield folder
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def _rich_loggers(trainer: pl.Trainer) -> tuple[list[WandbLogger], list[TensorBoardLogger]]:
     wandb = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
     tensorboard = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
@@ -84,7 +121,8 @@ def log_image(
     wandb_loggers, tb_loggers = _rich_loggers(trainer)
     for logger in wandb_loggers:
         extra = {"caption": [caption]} if caption else {}
-        logger.log_image(key=key, images=[array], step=_step(trainer, step), **extra)
+        with wandb_files_in_run(logger.experiment):
+            logger.log_image(key=key, images=[array], step=_step(trainer, step), **extra)
     for logger in tb_loggers:
         logger.experiment.add_image(key, array, global_step=_step(trainer, step), dataformats="HWC")
     if wandb_loggers or tb_loggers:
@@ -109,29 +147,98 @@ def log_table(
     """
     if not trainer.is_global_zero:
         return None
-    rows = [list(r) for r in rows]
-    if any(len(r) != len(columns) for r in rows):
-        raise ValueError(f"log_table({key!r}): every row must have {len(columns)} values (columns {list(columns)}).")
+    rows = _check_rows(key, columns, rows)
     wandb_loggers, tb_loggers = _rich_loggers(trainer)
-    if wandb_loggers:
-        import wandb
-
-        images: dict[int, Any] = {}  # one wandb.Image per distinct array, however many rows share it
-        data = [[images.setdefault(id(v), wandb.Image(v)) if _is_image(v) else v for v in r] for r in rows]
-        for logger in wandb_loggers:
+    data = _wandb_cells(rows) if wandb_loggers else []
+    for logger in wandb_loggers:
+        with wandb_files_in_run(logger.experiment):
             logger.log_table(key=key, columns=list(columns), data=data, step=_step(trainer, step))
     for logger in tb_loggers:
-        lines = ["| " + " | ".join(map(str, columns)) + " |", "|" + "---|" * len(columns)]
-        lines += ["| " + " | ".join("[image]" if _is_image(v) else str(v) for v in r) + " |" for r in rows]
-        logger.experiment.add_text(key, "\n".join(lines), global_step=_step(trainer, step))
+        logger.experiment.add_text(key, _markdown(columns, rows), global_step=_step(trainer, step))
     if wandb_loggers or tb_loggers:
         return None
     path = _file_path(trainer, key, _step(trainer, step), ".csv")
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(columns)
-        writer.writerows([[_image_file(path, v) if _is_image(v) else v for v in r] for r in rows])
+    _write_csv(path, columns, rows, mode="w")
     return path
+
+
+class GrowingTable:
+    """A table that gains rows over a run, logged at a cost linear in its rows: each
+    :meth:`append` logs only the rows it is given.
+
+    * W&B: one incremental ``wandb.Table`` per run (``log_mode="INCREMENTAL"``): each call adds an
+      increment holding only the new rows; W&B shows the increments as one table.
+    * TensorBoard: the new rows as a markdown text at the step.
+    * otherwise: one file, ``<run dir>/media/<key>.csv``, the new rows appended.
+
+    The first call in the object's life starts the table (the CSV file is rewritten): give it every
+    row known so far, e.g. after a resume the history restored from the checkpoint, then only new ones.
+    """
+
+    def __init__(self, key: str, columns: Sequence[str]) -> None:
+        self.key = key
+        self.columns = list(columns)
+        self._wandb: dict[int, tuple[Any, Any]] = {}  # id(run) -> (run, its incremental table)
+        self._csv_started = False
+
+    def append(self, trainer: pl.Trainer, rows: Sequence[Sequence[Any]], step: int | None = None) -> Path | None:
+        """Log ``rows`` (the new ones) at ``step``; returns the CSV file when no W&B/TensorBoard logger is attached."""
+        if not trainer.is_global_zero:
+            return None
+        rows = _check_rows(self.key, self.columns, rows)
+        wandb_loggers, tb_loggers = _rich_loggers(trainer)
+        data = _wandb_cells(rows) if wandb_loggers else []
+        for logger in wandb_loggers:
+            import wandb
+
+            run = logger.experiment
+            if id(run) not in self._wandb:
+                self._wandb[id(run)] = (run, wandb.Table(columns=self.columns, log_mode="INCREMENTAL"))
+            table = self._wandb[id(run)][1]
+            for row in data:
+                table.add_data(*row)
+            with wandb_files_in_run(run):
+                # log_metrics, not log_table: log_table builds a new Table, and only this one knows its increments.
+                logger.log_metrics({self.key: table}, step=_step(trainer, step))
+        for logger in tb_loggers:
+            logger.experiment.add_text(self.key, _markdown(self.columns, rows), global_step=_step(trainer, step))
+        if wandb_loggers or tb_loggers:
+            return None
+        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.key).strip("_")
+        path = run_dir(trainer) / "media" / f"{safe}.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_csv(path, self.columns, rows, mode="a" if self._csv_started else "w")
+        self._csv_started = True
+        return path
+
+
+def _check_rows(key: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[list[Any]]:
+    rows = [list(r) for r in rows]
+    if any(len(r) != len(columns) for r in rows):
+        raise ValueError(f"log_table({key!r}): every row must have {len(columns)} values (columns {list(columns)}).")
+    return rows
+
+
+def _wandb_cells(rows: list[list[Any]]) -> list[list[Any]]:
+    """Pictures as ``wandb.Image`` (one per distinct array, however many rows share it); other cells as they are."""
+    import wandb
+
+    images: dict[int, Any] = {}
+    return [[images.setdefault(id(v), wandb.Image(v)) if _is_image(v) else v for v in r] for r in rows]
+
+
+def _markdown(columns: Sequence[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(map(str, columns)) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join("[image]" if _is_image(v) else str(v) for v in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _write_csv(path: Path, columns: Sequence[str], rows: list[list[Any]], mode: str) -> None:
+    with path.open(mode, newline="") as f:
+        writer = csv.writer(f)
+        if mode == "w":
+            writer.writerow(columns)
+        writer.writerows([[_image_file(path, v) if _is_image(v) else v for v in r] for r in rows])
 
 
 def _is_image(value: Any) -> bool:
