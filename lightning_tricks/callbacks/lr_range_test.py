@@ -278,15 +278,26 @@ def _progress(total: int) -> tuple[Any, Any]:
 
 
 def set_learning_rate(trainer: pl.Trainer, lr: float) -> list[list[float]]:
-    """Set the first param group's LR of every optimizer to ``lr``; the rest follows as a scaling.
+    """Make ``lr`` the LR the run is configured with: the first param group's peak, whatever the scheduler.
 
-    Other groups keep their ratio to the first, schedulers' base LRs move with it, and an LR a
-    scheduler has already scaled (e.g. a warmup's first factor) keeps that factor: the run's LRs are
-    all multiplied by ``lr / base``, where ``base`` is the first group's initial LR. Returns the new LRs.
+    The suggestion takes the place of the LR the user configured, as the checks read it
+    (:func:`~lightning_tricks.utilities.isolation.configured_lrs`):
+
+    * ``OneCycleLR``: its ``max_lr`` (the cycle then starts at ``lr / div_factor``, as configured);
+    * ``CyclicLR`` and ``schedules.Cyclical``: the upper bound ``max_lr`` (the lower bound keeps its ratio);
+    * any other scheduler (step, exponential, cosine, warmups, ``schedules.*``) and no scheduler: the
+      base LR the optimizer was built with, from which a decay falls and to which a warmup rises.
+
+    Smith's rule for cyclical schedules (and fastai's ``fit_one_cycle(lr_max=...)``) puts the peak at
+    the range test's LR: the sweep measured where a *constant* LR still trains, so no point of the
+    schedule should go above it. Scaling from the schedule's start instead would put OneCycle's peak
+    at ``div_factor`` (25) times the suggestion. Everything else follows as one scaling of the run's
+    LRs by ``lr / peak``: other groups keep their ratio, and the schedulers' base and peak LRs move
+    with it. Returns the new LRs.
     """
-    first = trainer.optimizers[0].param_groups[0]
-    base = float(first.get("initial_lr", first["lr"]))
-    return scale_trainer_lr(trainer, lr / base if base > 0 else 1.0)
+    schedulers = [config.scheduler for config in trainer.lr_scheduler_configs]
+    peak = configured_lrs(trainer.optimizers[0], schedulers)[0]
+    return scale_trainer_lr(trainer, lr / peak if peak > 0 else 1.0)
 
 
 class LRRangeTest(StatefulCallback):
@@ -306,7 +317,9 @@ class LRRangeTest(StatefulCallback):
         diverge_factor: stop once the smoothed loss exceeds this multiple of the best (None: never).
         suggestion: rule name (``"steepest"`` in log LR, ``"valley"``, ``"minimum"`` / 10) or a function
             ``(lrs, smoothed) -> index``; every built-in rule is computed and plotted anyway.
-        apply: set the suggested LR on the run's optimizers (param-group ratios and schedulers follow).
+        apply: make the suggestion the run's configured LR: the peak of a cyclical schedule (``max_lr`` of
+            ``OneCycleLR``, ``CyclicLR``, ``schedules.Cyclical``), else the base LR a schedule starts or
+            decays from (see :func:`set_learning_rate`); param-group ratios and schedulers follow.
         seed: seeds the sweep (data order, dropout), isolated from the run's RNG.
         split_batch, loss_fn: overrides of the model protocol.
 
