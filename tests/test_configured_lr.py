@@ -107,7 +107,7 @@ def test_configured_lrs_reads_the_peak_of_a_one_cycle() -> None:
 def test_checks_train_at_the_configured_lr_of_each_group_while_the_run_follows_its_schedule() -> None:
     model = TwoGroupNet(one_cycle)
     checks = [
-        OverfitBatchCheck(max_steps=5, on_failure="ignore"),
+        OverfitBatchCheck(max_steps=5, lr_factors=[], on_failure="ignore"),  # only the configured LRs
         InputIndependentBaseline(steps=5, train_batches=2, val_batches=1, on_failure="ignore"),
     ]
     trainer = pl.Trainer(
