@@ -164,3 +164,29 @@ def test_the_suggestion_is_the_lr_the_run_is_configured_with(tmp_path: Path, nam
     expect(suggestion, first)
     # The second param group keeps its configured ratio to the first (1/2) at every step.
     assert second == pytest.approx([lr / 2 for lr in first])
+
+
+class InputIgnored(MLP):
+    """Its output never depends on the input, so the range test's loss has nothing to fall to."""
+
+    def forward(self, x):
+        return self.net(torch.zeros_like(x))
+
+
+def test_a_curve_that_never_falls_suggests_nothing_and_applies_nothing(tmp_path: Path) -> None:
+    pl.seed_everything(0, verbose=False)
+    dm = DigitsDataModule(seed=0)
+    flat = LRRangeTest(num_steps=40, apply=True)
+    seen = TrainedLRs()
+    trainer = pl.Trainer(
+        accelerator="cpu", max_epochs=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
+        enable_checkpointing=False, limit_val_batches=0, limit_train_batches=3, default_root_dir=tmp_path,
+        callbacks=[flat, seen],
+    )  # fmt: skip
+    with pytest.warns(UserWarning, match=r"never fell clearly .* Widen the range .* more steps .* Nothing applied"):
+        trainer.fit(InputIgnored(input_shape=(1, 8, 8), num_outputs=10), datamodule=dm)
+    assert not flat.result.clear_descent and flat.result.descent < 0.05 and flat.applied_lr is None
+    assert [lr[0] for lr in seen.lrs] == pytest.approx([3e-4] * 3)  # the configured LR, untouched
+    # The same sweep on a model that learns falls by far more than the 5% it takes.
+    _, lrs, _ = fit(tmp_path, None)
+    assert lrs[0] != pytest.approx(3e-4)
