@@ -84,6 +84,10 @@ class Attempt:
         return f"{self.start:.4g} -> {self.end:.4g}" + (" (went up)" if self.end > self.start else "")
 
 
+#: The fewest steps whose curve can show a trend (its last quarter needs 3 points to fit a slope).
+MIN_TREND_STEPS = 12
+
+
 class OverfitBatchCheck(RecipeCheck):
     """Train on one fixed batch with a fresh optimizer; the loss must fall to ``rel_threshold`` of its start.
 
@@ -252,6 +256,15 @@ class OverfitBatchCheck(RecipeCheck):
             return CheckResult(self.name, False, message, yours.end, target, details, figures)
         finite = [a for a in attempts if math.isfinite(a.end)]
         best = min(finite, key=lambda a: a.end) if finite else None
+        if best is not None and not best.diverged and len(best.losses) < MIN_TREND_STEPS:
+            # A handful of steps fits no batch and shows no trend either: nothing to judge the model by.
+            details["cause"] = "budget"
+            decide = max(300, 10 * self.max_steps)
+            message = (
+                f"{n} samples fit at no LR tried within {self.max_steps} steps ({needs}): {tried}. So few steps show "
+                f"no trend to tell a slow model from a broken one; rerun with max_steps={decide}."
+            )
+            return CheckResult(self.name, False, message, best.end, target, details, figures, inconclusive=True)
         more = steps_to_reach(best.losses, target) if best is not None and best.exact is not False else math.inf
         if more <= HORIZON * self.max_steps:
             details["cause"] = "budget"
