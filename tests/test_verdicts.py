@@ -316,3 +316,22 @@ def test_the_shipped_cnn_passes_its_own_checks(data: str, compose_train) -> None
     pl.seed_everything(42, verbose=False)
     report = run_preflight(model, datamodule)
     assert all(r.passed for r in report.results), report.to_markdown()
+
+
+@pytest.mark.slow
+def test_the_readme_cnn_example_passes_every_check_and_reaches_its_accuracy(compose_train, monkeypatch) -> None:
+    """`lightning-tricks train data=mnist1d model=cnn trainer.max_epochs=5`: the README shows test acc 0.836."""
+    from lightning_tricks.commands import train as train_module
+
+    build, checks = train_module.build, []
+
+    def keep_checks(cfg):
+        datamodule, model, trainer = build(cfg)
+        checks.extend(c for c in trainer.callbacks if isinstance(c, RecipeCheck))
+        return datamodule, model, trainer
+
+    monkeypatch.setattr(train_module, "build", keep_checks)
+    cfg = compose_train("data=mnist1d", "model=cnn", "trainer.max_epochs=5", "logger=none", tiny=False)
+    summary = train_module.train(cfg)
+    assert len(checks) == 6 and all(c.result.verdict == "pass" for c in checks), [c.result for c in checks]
+    assert summary.metrics["test/acc"] == pytest.approx(0.836, abs=0.03)
