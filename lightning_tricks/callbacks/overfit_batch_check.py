@@ -256,7 +256,12 @@ class OverfitBatchCheck(RecipeCheck):
             return CheckResult(self.name, False, message, yours.end, target, details, figures)
         finite = [a for a in attempts if math.isfinite(a.end)]
         best = min(finite, key=lambda a: a.end) if finite else None
-        if best is not None and not best.diverged and len(best.losses) < MIN_TREND_STEPS:
+        # A configured LR under which the loss rose or blew up is evidence in itself (an LR problem), whatever
+        # the lower LRs still had to go; a model stuck at every LR, stable ones included, is what a bug looks like.
+        diverges = yours.diverged and math.isfinite(yours.start)
+        if diverges or best is None:
+            return self._no_fit(attempts, best, diverges, n, needs, tried, target, details, figures)
+        if not best.diverged and len(best.losses) < MIN_TREND_STEPS:
             # A handful of steps fits no batch and shows no trend either: nothing to judge the model by.
             details["cause"] = "budget"
             decide = max(300, 10 * self.max_steps)
@@ -277,16 +282,17 @@ class OverfitBatchCheck(RecipeCheck):
                 + (f" (at lr {best.lr:.3g}, the fastest LR tried)." if best is not yours else ".")
             )
             return CheckResult(self.name, False, message, best.end, target, details, figures, inconclusive=True)
-        # Where the configured LR diverged, the lower LRs tried say how far off it is; a model stuck at every
-        # LR, including ones where it trains stably, is what a bug looks like.
-        diverges = yours.diverged and math.isfinite(yours.start)
+        return self._no_fit(attempts, best, diverges, n, needs, tried, target, details, figures)
+
+    def _no_fit(self, attempts, best, diverges, n, needs, tried, target, details, figures) -> CheckResult:
+        """FAIL: the batch fits at no LR tried, and no LR tried is still on its way there."""
         details["cause"] = "learning rate" if diverges else "bug"
         verdict = "the learning rate is likely far too high" if diverges else "likely a bug"
         message = (
             f"fits at no LR tried: {verdict}. {n} samples, {self.max_steps} steps per LR ({needs}); {tried}. "
             f"{_no_fit_causes(attempts, best)}"
         )
-        return CheckResult(self.name, False, message, yours.end, target, details, figures)
+        return CheckResult(self.name, False, message, attempts[0].end, target, details, figures)
 
 
 def _no_fit_causes(attempts: list[Attempt], best: Attempt | None) -> str:
