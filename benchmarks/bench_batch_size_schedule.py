@@ -38,6 +38,7 @@ def run(arm: str, seed: int, args: argparse.Namespace) -> dict:
     model = CNN(
         input_shape=dm.input_shape,
         num_outputs=10,
+        batch_norm=False,  # as measured for the README, before the CNN had BatchNorm
         optimizer=partial(torch.optim.SGD, lr=args.lr, momentum=0.9),
         scheduler=scheduler,
     )

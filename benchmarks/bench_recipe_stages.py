@@ -22,7 +22,7 @@ same with ``hidden_sizes=[512, 256]``; regularize: plus augmentation, dropout 0.
 and the single best member for the ensembles. Early stopping itself: benchmarks/bench_early_stopping.py.
 
 Size. Every stage trains at most ``--epochs`` epochs (default 100; early stopping in regularize/full
-may stop sooner) at the configs' learning rate (Adam/AdamW 3e-4). MNIST-1D uses
+may stop sooner) at the configs' learning rate (Adam/AdamW 1e-2 for the CNN). MNIST-1D uses
 ``data.num_samples=--mnist1d-samples`` (default 3000, not the config's 5000) so that the default
 benchmark (2 data sets x 3 seeds x 4 stages + 2 more regularize seeds) fits in about 15 minutes on
 two busy CPU cores. Fewer epochs than a real run: the regularised stages, which learn more slowly,

@@ -46,11 +46,17 @@ class PreflightReport:
 
     @property
     def passed(self) -> bool:
-        return all(r.passed for r in self.results)
+        """No check failed. An inconclusive check is not a failure (the budget was too small to decide)."""
+        return not self.failed
 
     @property
     def failed(self) -> list[CheckResult]:
-        return [r for r in self.results if not r.passed]
+        return [r for r in self.results if r.failed]
+
+    @property
+    def inconclusive(self) -> list[CheckResult]:
+        """Checks whose budget was too small to decide; each message says what budget would."""
+        return [r for r in self.results if r.inconclusive]
 
     def __getitem__(self, name: str) -> CheckResult:
         return next(r for r in self.results if r.name == name)
@@ -59,7 +65,15 @@ class PreflightReport:
         def number(x: float | None) -> str:
             return "" if x is None else f"{x:.4g}"
 
-        verdict = "all checks passed" if self.passed else f"{len(self.failed)} of {len(self.results)} checks failed"
+        total, failed, undecided = len(self.results), len(self.failed), len(self.inconclusive)
+        if failed:
+            verdict = f"{failed} of {total} checks failed"
+        elif undecided:
+            verdict = "no check failed"
+        else:
+            verdict = "all checks passed"
+        if undecided:
+            verdict += f", {undecided} inconclusive"
         lines = [
             f"# Preflight: {verdict}",
             "",
@@ -85,6 +99,7 @@ class PreflightReport:
                 {
                     "name": r.name,
                     "passed": r.passed,
+                    "verdict": r.verdict,
                     "message": r.message,
                     "measured": clean(r.measured),
                     "expected": clean(r.expected),

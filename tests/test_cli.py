@@ -92,11 +92,20 @@ def test_preflight_command_passes_the_default_model_and_fails_a_crippled_one(tmp
     report = json.loads((good / "preflight.json").read_text())
     assert report["passed"] and len(report["checks"]) == 5
     assert (good / "preflight_overfit_batch_curve.png").exists()
-    # One optimizer step cannot overfit a batch: the command must fail, as a CI gate would need.
+    # A failed check fails the command, as a CI gate needs: here the init loss cannot be the 100 it is told to be.
     bad = tmp_path / "bad"
-    proc = cli("preflight", "callbacks.overfit_batch_check.max_steps=1", f"hydra.run.dir={bad}", cwd=tmp_path)
+    proc = cli("preflight", "callbacks.init_loss_check.expected=100", f"hydra.run.dir={bad}", cwd=tmp_path)
     assert proc.returncode == 1 and "1 of 5 checks failed" in proc.stdout
     assert json.loads((bad / "preflight.json").read_text())["passed"] is False
+    # One optimizer step cannot overfit a batch, but it is no evidence against the model either: the verdict is
+    # inconclusive, which is not a failure (exit 0), and the report says so.
+    short = tmp_path / "short"
+    proc = ok(cli("preflight", "callbacks.overfit_batch_check.max_steps=1", f"hydra.run.dir={short}", cwd=tmp_path))
+    assert "no check failed, 1 inconclusive" in proc.stdout
+    (overfit,) = [
+        c for c in json.loads((short / "preflight.json").read_text())["checks"] if c["name"] == "overfit_batch"
+    ]
+    assert overfit["verdict"] == "inconclusive" and "max_steps=300" in overfit["message"]
 
 
 def test_unknown_group_option_lists_the_available_ones(tmp_path: Path) -> None:

@@ -107,7 +107,7 @@ def test_configured_lrs_reads_the_peak_of_a_one_cycle() -> None:
 def test_checks_train_at_the_configured_lr_of_each_group_while_the_run_follows_its_schedule() -> None:
     model = TwoGroupNet(one_cycle)
     checks = [
-        OverfitBatchCheck(max_steps=5, on_failure="ignore"),
+        OverfitBatchCheck(max_steps=5, lr_factors=[], on_failure="ignore"),  # only the configured LRs
         InputIndependentBaseline(steps=5, train_batches=2, val_batches=1, on_failure="ignore"),
     ]
     trainer = pl.Trainer(
@@ -129,7 +129,7 @@ def test_preflight_runs_configure_optimizers_as_the_run_does_and_a_clean_model_p
     # total_steps, but got 0" when preflight stopped the run with max_steps=0.
     model = TwoGroupNet(one_cycle)
     report = run_preflight(model, DigitsDataModule(seed=0))
-    assert report.passed, report.to_markdown()
+    assert all(r.verdict == "pass" for r in report.results), report.to_markdown()  # not even inconclusive
     assert model.steps and all(lrs == MAX_LRS for _, lrs in model.steps)  # only checks stepped: no training step
 
 

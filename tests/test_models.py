@@ -79,7 +79,7 @@ def test_cnn_spatial_dropout_after_every_block_but_the_last(shape, layer) -> Non
     drops = [i for i, k in enumerate(kinds) if k is layer]
     assert len(drops) == 2 and all(model.net[i].p == 0.25 for i in drops)
     convs = [i for i, m in enumerate(model.net) if isinstance(m, (nn.Conv1d, nn.Conv2d))]
-    assert [i - 2 for i in drops] == convs[:2]  # right after the first two blocks' ReLU
+    assert [i - 3 for i in drops] == convs[:2]  # right after the first two blocks' BatchNorm and ReLU
     assert not any(isinstance(m, (nn.Dropout2d, nn.Dropout1d)) for m in model.net[convs[-1] :])
     # channels really are dropped whole in training: a dropped channel is zero at every position
     torch.manual_seed(0)
@@ -115,3 +115,18 @@ def test_cnn_hidden_sizes_add_a_bigger_head() -> None:
     assert big(torch.randn(2, 1, 8, 8)).shape == (2, 3)
     with pytest.raises(ValueError, match=r"`hidden_sizes` must be an integer >= 1, got 0"):
         CNN(input_shape=(1, 8, 8), num_outputs=3, hidden_sizes=[0])
+
+
+@pytest.mark.parametrize(("shape", "norm"), [((1, 8, 8), nn.BatchNorm2d), ((1, 40), nn.BatchNorm1d)])
+def test_cnn_normalises_every_conv_block_and_can_do_without(shape, norm) -> None:
+    model = CNN(input_shape=shape, num_outputs=3, channels=(4, 8))
+    kinds = [type(m).__name__ for m in model.net]
+    convs = [i for i, m in enumerate(model.net) if isinstance(m, (nn.Conv1d, nn.Conv2d))]
+    # conv -> BatchNorm -> ReLU; the conv has no bias, which the norm's shift would cancel
+    assert all(isinstance(model.net[i + 1], norm) and isinstance(model.net[i + 2], nn.ReLU) for i in convs), kinds
+    assert all(model.net[i].bias is None for i in convs)
+    plain = CNN(input_shape=shape, num_outputs=3, channels=(4, 8), batch_norm=False)
+    assert not any(isinstance(m, norm) for m in plain.net)
+    assert all(m.bias is not None for m in plain.net if isinstance(m, (nn.Conv1d, nn.Conv2d)))
+    with pytest.raises(ValueError, match=r"`batch_norm` must be True or False, got 'yes'"):
+        CNN(input_shape=shape, num_outputs=3, batch_norm="yes")

@@ -104,7 +104,7 @@ def test_training_health_passes_a_learning_model_and_names_the_step_of_a_divergi
     diverging = TrainingHealthCheck(window=20, on_failure="raise")
     with pytest.raises(
         RecipeCheckError,
-        match=r"\[training_health\] .*(not decreasing|jumped to .* at step \d+|is (nan|inf) at step \d+)",
+        match=r"\[training_health\] .*(rising|jumped to .* at step \d+|is (nan|inf) at step \d+)",
     ):
         trainer(tmp_path, [diverging]).fit(
             mlp(optimizer=partial(torch.optim.SGD, lr=50.0)), datamodule=DigitsDataModule()

@@ -55,6 +55,9 @@ def test_mlp_decays_linear_weights_only() -> None:
 
 def test_cnn_decays_conv_and_linear_weights() -> None:
     decay, keep = check_grouping(CNN(input_shape=(1, 8, 8), num_outputs=10, channels=(4, 8)))
+    assert decay == ["net.0.weight", "net.4.weight", "net.9.weight"]  # conv, conv, linear
+    assert keep == ["net.1.weight", "net.1.bias", "net.5.weight", "net.5.bias", "net.9.bias"]  # BatchNorms, head bias
+    decay, keep = check_grouping(CNN(input_shape=(1, 8, 8), num_outputs=10, channels=(4, 8), batch_norm=False))
     assert decay == ["net.0.weight", "net.3.weight", "net.7.weight"]
     assert keep == ["net.0.bias", "net.3.bias", "net.7.bias"]
 

@@ -36,6 +36,7 @@ from lightning_tricks.functional.lr_range import (
     SuggestionRule,
     has_diverged,
     lr_sweep,
+    relative_descent,
     resolve_rule,
     rule_name,
     smooth_centered,
@@ -61,6 +62,10 @@ class RangeTestResult:
     suggestion: float
     suggestions: dict[str, float] = field(default_factory=dict)
     stopped_early: bool = False
+    #: how far the smoothed loss fell below its start, as a fraction (see ``relative_descent``)
+    descent: float = math.nan
+    #: False when the curve never fell clearly (``descent < min_descent``): the suggestion is not to be used
+    clear_descent: bool = True
 
     def plot(self) -> Figure:
         """Loss against LR (log axis), raw and smoothed, every rule's suggestion marked; the chosen one solid."""
@@ -89,7 +94,8 @@ class RangeTestResult:
             ax.set_ylim(low - 0.1 * abs(high - low) - 1e-12, high + 0.5 * abs(high - low) + 1e-12)
         ax.set_xlabel("learning rate")
         ax.set_ylabel("training loss")
-        ax.set_title("LR range test" + (" (stopped: loss diverged)" if self.stopped_early else ""))
+        title = "LR range test" + (" (stopped: loss diverged)" if self.stopped_early else "")
+        ax.set_title(title + ("" if self.clear_descent else " (no clear descent: no suggestion)"))
         ax.legend(fontsize=8)
         return figure
 
@@ -134,6 +140,7 @@ def lr_range_test(
     smoothing: float = 0.98,
     diverge_factor: float | None = 4.0,
     suggestion: str | SuggestionRule = "steepest",
+    min_descent: float = 0.05,
     seed: int | None = 0,
     adapter: ModelAdapter | None = None,
     to_device: Callable[[Any], Any] | None = None,
@@ -147,6 +154,8 @@ def lr_range_test(
     never its state), a factory taking the parameters, or None for the model's ``configure_optimizers``.
     Param groups keep their LR ratios; the reported LRs are the first group's. ``average`` reduces a
     tensor across processes (mean); with it, gradients and losses are averaged every step (DDP).
+    A curve whose smoothed loss never falls ``min_descent`` (a fraction) below its start has no
+    descent to read: the result says so (``clear_descent=False``) and its suggestion is not to be used.
 
     >>> from torch.utils.data import DataLoader, TensorDataset
     >>> _ = torch.manual_seed(0)
@@ -160,7 +169,7 @@ def lr_range_test(
     >>> 1e-2 < result.suggestion < 1, result.stopped_early  # plain SGD on this problem is stable below lr 1
     (True, True)
     """
-    check_range_arguments(start_lr, end_lr, num_steps, mode, smoothing, diverge_factor, suggestion)
+    check_range_arguments(start_lr, end_lr, num_steps, mode, smoothing, diverge_factor, suggestion, min_descent)
     adapter = adapter or ModelAdapter()
     if to_device is None:
         device = next(model.parameters()).device
@@ -217,11 +226,20 @@ def lr_range_test(
         suggestion=suggestions[name],
         suggestions=suggestions,
         stopped_early=stopped,
+        descent=relative_descent(smoothed),
+        clear_descent=relative_descent(smoothed) >= min_descent,
     )
 
 
 def check_range_arguments(
-    start_lr: Any, end_lr: Any, num_steps: Any, mode: Any, smoothing: Any, diverge_factor: Any, suggestion: Any
+    start_lr: Any,
+    end_lr: Any,
+    num_steps: Any,
+    mode: Any,
+    smoothing: Any,
+    diverge_factor: Any,
+    suggestion: Any,
+    min_descent: Any = 0.05,
 ) -> None:
     """Every argument of the sweep, checked before anything runs."""
     for name, value in (("start_lr", start_lr), ("end_lr", end_lr)):
@@ -240,6 +258,18 @@ def check_range_arguments(
     ):
         raise ValueError(f"LRRangeTest: `diverge_factor` must be None or a number > 1, got {diverge_factor!r}.")
     resolve_rule(suggestion)
+    check_float(min_descent, "min_descent", "a fraction in [0, 1)", lambda v: 0 <= v < 1, owner="LRRangeTest")
+
+
+def no_descent_advice(result: RangeTestResult, min_descent: float) -> str:
+    """What to do when the curve never fell clearly: the evidence, then how to get a curve that does."""
+    return (
+        f"the loss never fell clearly between lr {result.lrs[0]:.1e} and {result.lrs[-1]:.1e} (at most "
+        f"{result.descent:.1%} below its start; a usable curve falls by {min_descent:.0%} or more), so no LR is "
+        f"suggested. Widen the range (end_lr above {result.lrs[-1]:.1e}, start_lr below {result.lrs[0]:.1e}), sweep "
+        f"more steps (num_steps > {len(result.lrs)}: each LR then gets more batches), or use a larger batch for a "
+        "less noisy curve; if it still does not fall, run the preflight checks (the model may not learn at all)."
+    )
 
 
 def _make_optimizer(model: nn.Module, optimizer: Any) -> torch.optim.Optimizer:
@@ -279,15 +309,26 @@ def _progress(total: int) -> tuple[Any, Any]:
 
 
 def set_learning_rate(trainer: pl.Trainer, lr: float) -> list[list[float]]:
-    """Set the first param group's LR of every optimizer to ``lr``; the rest follows as a scaling.
+    """Make ``lr`` the LR the run is configured with: the first param group's peak, whatever the scheduler.
 
-    Other groups keep their ratio to the first, schedulers' base LRs move with it, and an LR a
-    scheduler has already scaled (e.g. a warmup's first factor) keeps that factor: the run's LRs are
-    all multiplied by ``lr / base``, where ``base`` is the first group's initial LR. Returns the new LRs.
+    The suggestion takes the place of the LR the user configured, as the checks read it
+    (:func:`~lightning_tricks.utilities.isolation.configured_lrs`):
+
+    * ``OneCycleLR``: its ``max_lr`` (the cycle then starts at ``lr / div_factor``, as configured);
+    * ``CyclicLR`` and ``schedules.Cyclical``: the upper bound ``max_lr`` (the lower bound keeps its ratio);
+    * any other scheduler (step, exponential, cosine, warmups, ``schedules.*``) and no scheduler: the
+      base LR the optimizer was built with, from which a decay falls and to which a warmup rises.
+
+    Smith's rule for cyclical schedules (and fastai's ``fit_one_cycle(lr_max=...)``) puts the peak at
+    the range test's LR: the sweep measured where a *constant* LR still trains, so no point of the
+    schedule should go above it. Scaling from the schedule's start instead would put OneCycle's peak
+    at ``div_factor`` (25) times the suggestion. Everything else follows as one scaling of the run's
+    LRs by ``lr / peak``: other groups keep their ratio, and the schedulers' base and peak LRs move
+    with it. Returns the new LRs.
     """
-    first = trainer.optimizers[0].param_groups[0]
-    base = float(first.get("initial_lr", first["lr"]))
-    return scale_trainer_lr(trainer, lr / base if base > 0 else 1.0)
+    schedulers = [config.scheduler for config in trainer.lr_scheduler_configs]
+    peak = configured_lrs(trainer.optimizers[0], schedulers)[0]
+    return scale_trainer_lr(trainer, lr / peak if peak > 0 else 1.0)
 
 
 class LRRangeTest(StatefulCallback):
@@ -307,7 +348,11 @@ class LRRangeTest(StatefulCallback):
         diverge_factor: stop once the smoothed loss exceeds this multiple of the best (None: never).
         suggestion: rule name (``"steepest"`` in log LR, ``"valley"``, ``"minimum"`` / 10) or a function
             ``(lrs, smoothed) -> index``; every built-in rule is computed and plotted anyway.
-        apply: set the suggested LR on the run's optimizers (param-group ratios and schedulers follow).
+        min_descent: the fraction the smoothed loss must fall below its start for the curve to be read;
+            a curve that never falls that far gets a warning instead of a suggestion, and nothing is applied.
+        apply: make the suggestion the run's configured LR: the peak of a cyclical schedule (``max_lr`` of
+            ``OneCycleLR``, ``CyclicLR``, ``schedules.Cyclical``), else the base LR a schedule starts or
+            decays from (see :func:`set_learning_rate`); param-group ratios and schedulers follow.
         seed: seeds the sweep (data order, dropout), isolated from the run's RNG.
         split_batch, loss_fn: overrides of the model protocol.
 
@@ -324,11 +369,12 @@ class LRRangeTest(StatefulCallback):
         diverge_factor: float | None = 4.0,
         suggestion: str | SuggestionRule = "steepest",
         apply: bool = False,
+        min_descent: float = 0.05,
         seed: int | None = 0,
         split_batch: Any = None,
         loss_fn: Any = None,
     ) -> None:
-        check_range_arguments(start_lr, end_lr, num_steps, mode, smoothing, diverge_factor, suggestion)
+        check_range_arguments(start_lr, end_lr, num_steps, mode, smoothing, diverge_factor, suggestion, min_descent)
         if not isinstance(apply, bool):
             raise ValueError(f"LRRangeTest: `apply` must be True or False, got {apply!r}.")
         self.sweep = {
@@ -339,6 +385,7 @@ class LRRangeTest(StatefulCallback):
             "smoothing": smoothing,
             "diverge_factor": diverge_factor,
             "suggestion": suggestion,
+            "min_descent": min_descent,
             "seed": seed,
         }
         self.apply = apply
@@ -386,7 +433,7 @@ class LRRangeTest(StatefulCallback):
                 progress=trainer.is_global_zero and trainer.progress_bar_callback is not None,
                 **self.sweep,
             )
-        if self.apply:
+        if self.apply and self.result.clear_descent:
             set_learning_rate(trainer, self.result.suggestion)
             self.applied_lr = self.result.suggestion
         self._report(trainer)
@@ -394,13 +441,24 @@ class LRRangeTest(StatefulCallback):
     def _report(self, trainer: pl.Trainer) -> None:
         result = self.result
         assert result is not None
+        if not result.clear_descent:
+            applied = " Nothing applied: the run keeps its configured LR." if self.apply else ""
+            rank_zero_warn(f"LRRangeTest: {no_descent_advice(result, self.sweep['min_descent'])}{applied}")
         others = ", ".join(f"{k} {v:.2e}" for k, v in sorted(result.suggestions.items()) if k != result.rule)
         rank_zero_info(
             f"LRRangeTest: suggested lr {result.suggestion:.3e} ({result.rule}; {others}) from {len(result.lrs)} "
             f"steps{' (stopped: the loss diverged)' if result.stopped_early else ''}"
-            + ("; applied to the run." if self.apply else "; not applied (apply=False).")
+            + (
+                "; not used: the curve has no clear descent."
+                if not result.clear_descent
+                else "; applied to the run."
+                if self.apply
+                else "; not applied (apply=False)."
+            )
         )
-        values = {"tricks/lr_range_test/suggestion": result.suggestion}
+        values = {"tricks/lr_range_test/descent": result.descent}
+        if result.clear_descent:
+            values["tricks/lr_range_test/suggestion"] = result.suggestion
         values.update({f"tricks/lr_range_test/{k}": v for k, v in result.suggestions.items()})
         if self.applied_lr is not None:
             values["tricks/lr_range_test/applied_lr"] = self.applied_lr

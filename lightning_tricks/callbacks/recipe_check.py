@@ -7,6 +7,12 @@ verdict identical on all ranks, stores it as ``self.result``, logs its numbers u
 ``tricks/<name>/...`` and its figures through the media layer (rank zero), and raises
 :class:`RecipeCheckError`, warns, or stays silent as ``on_failure`` says.
 
+A verdict is one of three: *pass*, *FAIL* (evidence of a problem) or *INCONCLUSIVE* (the budget was
+too small to decide, e.g. the loss was still falling when the steps ran out). Only a FAIL is a
+failure for ``on_failure``; an inconclusive result is logged as a warning (info with
+``on_failure="ignore"``) with the reason and the budget that would decide, never raised: a short
+budget is not evidence of a bug, and a check that cries wolf teaches users to ignore it.
+
 Verdicts are log records of the ``lightning_tricks`` loggers (rank zero): a pass at INFO, a failure
 with ``on_failure="warn"`` at WARNING, so they read as one line each, without a source-file prefix, and
 land in the run's log file under Hydra.
@@ -45,7 +51,17 @@ class RecipeCheckError(RuntimeError):
 
 @dataclass
 class CheckResult:
-    """The outcome of one check: a verdict, the numbers behind it and a sentence a person can act on."""
+    """The outcome of one check: a verdict, the numbers behind it and a sentence a person can act on.
+
+    ``passed`` is True for a pass only; ``inconclusive`` marks a check that could not decide within
+    its budget (then ``passed`` is False but ``failed`` is False too). ``verdict`` names the three.
+
+    >>> undecided = CheckResult("overfit_batch", False, "still falling", inconclusive=True)
+    >>> undecided.verdict, undecided.status, undecided.passed, undecided.failed
+    ('inconclusive', 'INCONCLUSIVE', False, False)
+    >>> CheckResult("overfit_batch", False, "flat at every LR").status
+    'FAIL'
+    """
 
     name: str
     passed: bool
@@ -55,14 +71,30 @@ class CheckResult:
     details: dict[str, Any] = field(default_factory=dict)
     #: matplotlib figures (e.g. a loss curve), logged as images and kept for reports
     figures: dict[str, Any] = field(default_factory=dict, repr=False)
+    #: the budget was too small to decide: neither a pass nor a failure
+    inconclusive: bool = False
+
+    def __post_init__(self) -> None:
+        if self.inconclusive and self.passed:
+            raise ValueError("A CheckResult cannot be both passed and inconclusive.")
+
+    @property
+    def failed(self) -> bool:
+        """A FAIL: evidence of a problem (what ``on_failure`` acts on), not a budget too small to decide."""
+        return not self.passed and not self.inconclusive
+
+    @property
+    def verdict(self) -> str:
+        """``"pass"``, ``"fail"`` or ``"inconclusive"``."""
+        return "pass" if self.passed else "inconclusive" if self.inconclusive else "fail"
 
     @property
     def status(self) -> str:
-        return "pass" if self.passed else "FAIL"
+        return {"pass": "pass", "fail": "FAIL", "inconclusive": "INCONCLUSIVE"}[self.verdict]
 
     def scalars(self) -> dict[str, float]:
-        """Numbers worth plotting: measured, expected, passed, and numeric details."""
-        values: dict[str, float] = {"passed": float(self.passed)}
+        """Numbers worth plotting: measured, expected, passed, inconclusive, and numeric details."""
+        values: dict[str, float] = {"passed": float(self.passed), "inconclusive": float(self.inconclusive)}
         if self.measured is not None:
             values["measured"] = self.measured
         if self.expected is not None:
@@ -123,11 +155,15 @@ class RecipeCheck(Callback):
 
     def finish(self, trainer: pl.Trainer, result: CheckResult) -> CheckResult:
         """Make the verdict rank-consistent, keep it, log it, and raise/warn as ``on_failure`` says."""
-        # Every rank must take the same decision (and all must raise together, or none).
-        passed = bool(trainer.strategy.reduce_boolean_decision(result.passed, all=True))
-        if passed != result.passed:
+        # Every rank must take the same decision (and all must raise together, or none): a failure on
+        # any rank fails everywhere; a pass needs a pass on every rank; anything else is inconclusive.
+        failed = bool(trainer.strategy.reduce_boolean_decision(result.failed, all=False))
+        passed = not failed and bool(trainer.strategy.reduce_boolean_decision(result.passed, all=True))
+        if failed and not result.failed:
             result.message += " (failed on another rank)"
-        result.passed = passed
+        elif not failed and not passed and result.passed:
+            result.message += " (inconclusive on another rank)"
+        result.passed, result.inconclusive = passed, not passed and not failed
         self.result = result
         log_scalars(trainer, result.scalars())
         for key, figure in result.figures.items():
@@ -135,6 +171,11 @@ class RecipeCheck(Callback):
         if result.passed:
             if trainer.is_global_zero:
                 log.info("[%s] pass: %s", self.name, result.message)
+        elif result.inconclusive:
+            # Not a failure, so never raised; but said out loud, so nobody reads it as a pass.
+            if trainer.is_global_zero:
+                level = logging.INFO if self.on_failure == "ignore" else logging.WARNING
+                log.log(level, "[%s] INCONCLUSIVE: %s", self.name, result.message)
         elif self.on_failure == "raise":
             raise RecipeCheckError(result)
         elif self.on_failure == "warn" and trainer.is_global_zero:

@@ -10,11 +10,19 @@ import torch
 from typing_extensions import override
 
 from lightning_tricks.callbacks.recipe_check import CheckResult, RecipeCheck
+from lightning_tricks.functional.loss_trend import mean_shift
 from lightning_tricks.utilities.arguments import check_int
 
 
 class TrainingHealthCheck(RecipeCheck):
     """Watch the first ``window`` training steps: every loss finite, none ``blowup`` times the first, and falling.
+
+    Verdicts at the end of the window: **pass** when the last fifth's mean is below ``(1 - min_decrease)``
+    times the first fifth's; **FAIL** when it rose by more than the noise (3 standard errors of the
+    two means) and by more than ``min_decrease``; otherwise **inconclusive**: a loss that has not moved
+    beyond its noise in the first steps (a low LR, a bias already at the prior, a warmup) is not
+    evidence of a problem, and the message suggests a longer window. A non-finite loss, or one above
+    ``blowup`` times the first, fails at once.
 
     The loss is what ``training_step`` returned (the tensor, or the ``"loss"`` entry; not Lightning's
     copy divided by ``accumulate_grad_batches``), one per training batch, averaged over ranks every
@@ -91,15 +99,32 @@ class TrainingHealthCheck(RecipeCheck):
             return
         self._active = False
         fifth = max(1, self.window // 5)
-        first, last = sum(self.losses[:fifth]) / fifth, sum(self.losses[-fifth:]) / fifth
+        head_losses, tail_losses = self.losses[:fifth], self.losses[-fifth:]
+        first, last = sum(head_losses) / fifth, sum(tail_losses) / fifth
         bound = (1 - self.min_decrease) * first
-        details.update(first_mean=first, last_mean=last)
+        # Minibatch losses scatter: a change smaller than ~3 standard errors of the two means is noise.
+        drop, noise = mean_shift(head_losses, tail_losses)
+        if fifth < 3:  # too few values per fifth for their own spread: take the whole window's
+            mean = sum(self.losses) / len(self.losses)
+            spread = math.sqrt(sum((v - mean) ** 2 for v in self.losses) / (len(self.losses) - 1))
+            noise = spread * math.sqrt(2 / fifth)
+        details.update(first_mean=first, last_mean=last, noise=noise)
         head = f"training loss {first:.4g} -> {last:.4g} over the first {self.window} steps"
         if last < bound:
             self.finish(trainer, CheckResult(self.name, True, head, last, bound, details))
-        else:
+        elif -drop > max(3 * noise, self.min_decrease * first):
             message = (
-                f"{head}, not decreasing (needs < {bound:.4g} by step {step}): the learning rate may be too high "
-                f"(oscillation) or too low, or the gradients do not reach the weights."
+                f"{head}: rising, by {-drop:.3g} (more than 3 standard errors, {3 * noise:.3g}, of the noise between "
+                f"steps). Likely causes, in order: 1. the learning rate is too high (the loss oscillates upward); "
+                f"2. a warmup or schedule that raises the LR too fast; 3. data whose later batches are harder (an "
+                f"unshuffled loader sorted by difficulty or class)."
             )
             self.finish(trainer, CheckResult(self.name, False, message, last, bound, details))
+        else:
+            # A flat start is normal (a low LR, a bias set to the prior, a warmup): not evidence of a problem.
+            message = (
+                f"{head}: no clear change yet (needs < {bound:.4g}; the two means differ by {-drop:+.3g}, within the "
+                f"noise of {3 * noise:.3g}, 3 standard errors). Watch a longer window (window={4 * self.window}) "
+                f"to decide; the overfit-one-batch check tells whether the model can learn at all."
+            )
+            self.finish(trainer, CheckResult(self.name, False, message, last, bound, details, inconclusive=True))

@@ -14,7 +14,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from lightning_tricks.callbacks.lr_range_test import RangeTestResult, lr_range_test
+from lightning_tricks.callbacks.lr_range_test import RangeTestResult, lr_range_test, no_descent_advice
 from lightning_tricks.commands.console import quiet_unless_verbose
 from lightning_tricks.commands.usage_errors import exits_on_usage_error
 
@@ -40,8 +40,15 @@ def lr_find(cfg: DictConfig) -> RangeTestResult:
         writer = csv.writer(f)
         writer.writerow(["lr", "loss", "smoothed"])
         writer.writerows(zip(result.lrs, result.losses, result.smoothed, strict=True))
-    summary = {"suggestion": result.suggestion, "rule": result.rule, "suggestions": result.suggestions}
-    (folder / "lr_range_test.json").write_text(json.dumps({**summary, "stopped_early": result.stopped_early}, indent=2))
+    summary = {
+        "suggestion": result.suggestion if result.clear_descent else None,
+        "rule": result.rule,
+        "suggestions": result.suggestions,
+        "stopped_early": result.stopped_early,
+        "descent": result.descent,
+        "clear_descent": result.clear_descent,
+    }
+    (folder / "lr_range_test.json").write_text(json.dumps(summary, indent=2))
     return result
 
 
@@ -50,6 +57,10 @@ def lr_find(cfg: DictConfig) -> RangeTestResult:
 @quiet_unless_verbose
 def main(cfg: DictConfig) -> None:
     result = lr_find(cfg)
+    if not result.clear_descent:
+        print(f"no suggestion: {no_descent_advice(result, cfg.lr_range_test.min_descent)}")
+        print(f"curve: {Path(cfg.paths.output_dir) / 'lr_range_test.png'}")
+        return
     others = ", ".join(f"{name} {lr:.2e}" for name, lr in sorted(result.suggestions.items()) if name != result.rule)
     print(f"suggested lr: {result.suggestion:.3e} ({result.rule}; also {others})")
     print(f"curve: {Path(cfg.paths.output_dir) / 'lr_range_test.png'}")

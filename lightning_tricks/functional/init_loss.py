@@ -55,30 +55,48 @@ def expected_init_loss(
     raise ValueError(f"`task` must be one of 'multiclass', 'binary', 'multilabel', 'regression', got {task!r}.")
 
 
-def bias_matches_targets(task: str, targets: torch.Tensor, bias: torch.Tensor, atol: float = 0.1) -> bool:
-    """Whether the output bias was set from these targets' statistics (recipe 2.5), within ``atol``.
+def bias_matches_targets(
+    task: str, targets: torch.Tensor, bias: torch.Tensor, atol: float = 0.1, z: float = 4.0
+) -> bool:
+    """Whether the output bias was set from these targets' statistics (recipe 2.5).
 
     Compares the constant prediction of the bias with the targets: softmax(bias) with the class
-    frequencies, sigmoid(bias) with the positive rates, bias with the mean (``atol`` in target
-    standard deviations). Only such a bias makes its prior-loss the expected one; any other bias is
-    judged against the zero-bias expectation (``ln C``, ``ln 2``, the mean square).
+    frequencies, sigmoid(bias) with the positive rates, bias with the mean. Only such a bias makes
+    its prior-loss the expected one; any other bias is judged against the zero-bias expectation
+    (``ln C``, ``ln 2``, the mean square).
+
+    ``targets`` are a sample (the check's few batches) while the bias was set from the whole
+    training set, so the sample's statistics differ from the bias by sampling error alone. The
+    tolerance is ``atol`` (in target standard deviations for regression, in probability otherwise)
+    plus ``z`` standard errors of the sample's statistic: without the second term, a bias set to the
+    mean of 1,400 targets is judged "not from the data" on 7% of 256-sample draws (std 5, mean 50),
+    and the check then expects the mean square (2,500) and reports target leakage.
 
     >>> p = torch.tensor([0.75, 0.25])
-    >>> bias_matches_targets("multiclass", torch.tensor([0, 0, 0, 1]), p.log())
-    True
-    >>> bias_matches_targets("multiclass", torch.tensor([0, 0, 0, 1]), 100 * p.log())
-    False
+    >>> labels = torch.tensor([0, 0, 0, 1] * 100)
+    >>> bias_matches_targets("multiclass", labels, p.log()), bias_matches_targets("multiclass", labels, 100 * p.log())
+    (True, False)
+    >>> y = 50 + 5 * torch.randn(256, 1, generator=torch.Generator().manual_seed(0))
+    >>> [bias_matches_targets("regression", y, torch.tensor([b])) for b in (50.0, 0.0)]
+    [True, False]
     """
     targets, b = targets.detach().cpu(), bias.detach().cpu().double().flatten()
+    n = max(int(targets.shape[0]) if targets.ndim else 1, 1)
     if task == "multiclass":
-        priors = torch.bincount(targets.long().flatten(), minlength=b.numel()).double() / targets.numel()
-        return priors.numel() == b.numel() and bool((torch.softmax(b, 0) - priors).abs().max() <= atol)
+        n = max(targets.numel(), 1)  # every position of a token or pixel target is one draw of the prior
+        priors = torch.bincount(targets.long().flatten(), minlength=b.numel()).double() / n
+        if priors.numel() != b.numel():
+            return False
+        tolerance = atol + z * (priors * (1 - priors) / n).sqrt()
+        return bool(((torch.softmax(b, 0) - priors).abs() <= tolerance).all())
     y = targets.double().reshape(targets.shape[0], -1)
     if task in ("binary", "multilabel"):
-        return bool((torch.sigmoid(b).expand(y.shape[1]) - y.mean(0)).abs().max() <= atol)
+        p = y.mean(0)
+        tolerance = atol + z * (p * (1 - p) / n).sqrt()
+        return bool(((torch.sigmoid(b).expand(y.shape[1]) - p).abs() <= tolerance).all())
     if task == "regression":
         scale = y.std(0, unbiased=False).clamp_min(1e-12)
-        return bool(((b.expand(y.shape[1]) - y.mean(0)).abs() / scale).max() <= atol)
+        return bool(((b.expand(y.shape[1]) - y.mean(0)).abs() / scale <= atol + z / math.sqrt(n)).all())
     raise ValueError(f"`task` must be one of 'multiclass', 'binary', 'multilabel', 'regression', got {task!r}.")
 
 

@@ -98,6 +98,28 @@ def has_diverged(smoothed: float, best: float, factor: float) -> bool:
     return smoothed - best > (factor - 1) * max(abs(best), 1e-12)
 
 
+def relative_descent(smoothed: Sequence[float]) -> float:
+    """How far the smoothed loss fell below its starting level, as a fraction of it (0: it never fell).
+
+    The starting level is the mean of the first 5% of the points (at least 3): the curve where the
+    LR is still too small to change anything. A sweep whose curve never falls clearly has no
+    descent for a rule to find, and any LR it "suggests" is noise (a global-average-pool CNN at
+    batch 16 fell by 0.6% and got 5.7e-5, at which it trained to 10% accuracy).
+
+    >>> round(relative_descent([2.0, 2.0, 2.0, 1.5, 1.0, 3.0]), 3)
+    0.5
+    >>> round(relative_descent([2.0, 2.01, 1.99, 2.02, 9.0]), 4)
+    0.005
+    """
+    values = np.asarray(smoothed, dtype=float)
+    finite = values[np.isfinite(values)]
+    if len(finite) < 2:
+        return 0.0
+    start = float(np.mean(finite[: max(3, math.ceil(0.05 * len(finite)))]))
+    lowest = float(finite.min())
+    return max(0.0, (start - lowest) / abs(start)) if start != 0 else 0.0
+
+
 def _usable(smoothed: np.ndarray) -> int:
     """The points up to and including the minimum of the smoothed loss: past it the LR is too large."""
     finite = np.where(np.isfinite(smoothed), smoothed, np.inf)

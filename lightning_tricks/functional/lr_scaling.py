@@ -89,7 +89,7 @@ def scale_optimizer_lr(optimizer: torch.optim.Optimizer, factor: float, schedule
                 group[key] = group[key] * factor
             elif isinstance(group.get(key), torch.Tensor):  # a tensor LR (capturable optimizers): keep its type
                 group[key].mul_(factor)
-    for scheduler in schedulers:
+    for scheduler in _with_nested(schedulers):
         if getattr(scheduler, "optimizer", None) is not optimizer:
             continue
         for attribute in ("base_lrs", "max_lrs"):
@@ -97,6 +97,21 @@ def scale_optimizer_lr(optimizer: torch.optim.Optimizer, factor: float, schedule
             if isinstance(values, list):
                 setattr(scheduler, attribute, [v * factor for v in values])
     return [float(g["lr"]) for g in optimizer.param_groups]
+
+
+def _with_nested(schedulers: Iterable[Any]) -> list[Any]:
+    """The schedulers and those they wrap: ``SequentialLR`` (a warmup, then a decay) and ``ChainedScheduler``.
+
+    A wrapped scheduler keeps its own ``base_lrs``, and ``SequentialLR`` restarts the next one from
+    them in closed form at its milestone: scaled only at the top, a warmup then cosine schedule would
+    fall back to the unscaled LR after the warmup. torch keeps them in ``_schedulers`` (no public
+    accessor; its own ``SequentialLR.recursive_undo`` walks the same attribute).
+    """
+    found: list[Any] = []
+    for scheduler in schedulers:
+        found.append(scheduler)
+        found.extend(_with_nested(getattr(scheduler, "_schedulers", None) or ()))
+    return found
 
 
 def scaling_warmup_factor(step: int, warmup_steps: int, factor: float) -> float:

@@ -11,7 +11,7 @@ from lightning_tricks.utilities.arguments import check_int
 
 
 class CNN(ReferenceModule):
-    """``Conv -> ReLU [-> Dropout2d] -> MaxPool`` blocks, global average pooling, ``Linear`` output layer.
+    """``Conv -> BatchNorm -> ReLU [-> Dropout2d] -> MaxPool`` blocks, global average pooling, ``Linear`` output layer.
 
     ``input_shape`` is ``(C, L)`` for signals (Conv1d) or ``(C, H, W)`` for
     images (Conv2d). Global average pooling instead of a large fully connected
@@ -24,6 +24,14 @@ class CNN(ReferenceModule):
     signal. ``hidden_sizes`` adds ``Linear -> ReLU`` layers between the pooling and the output
     layer (none by default); it is the same knob as the MLP's, so the ``overfit`` recipe can
     make either model bigger.
+
+    ``batch_norm`` (default on) normalises every conv block's output over the batch. Without it this
+    small net (2-5k parameters, its features averaged by the global pool) learns so slowly under
+    Adam at 3e-4 that it failed its own checks (one batch not overfit in 300 steps) and reached 15%
+    (digits) and 20% (MNIST-1D) test accuracy after 5 epochs; measured over LR, init and
+    architecture, the LR was the cause and BatchNorm the biggest gain at every LR (5 epochs, 3 seeds:
+    95-97% on digits and 84-86% on MNIST-1D with BatchNorm at Adam 1e-2, 83-89% and 59-66% without).
+    A conv followed by BatchNorm has no bias: the norm's shift replaces it.
     """
 
     def __init__(
@@ -36,6 +44,7 @@ class CNN(ReferenceModule):
         dropout: float = 0.0,
         spatial_dropout: float = 0.0,
         hidden_sizes: Sequence[int] = (),
+        batch_norm: bool = True,
         optimizer: OptimizerFactory | None = None,
         scheduler: SchedulerFactory | None = None,
         weight_decay: float | None = None,
@@ -52,17 +61,22 @@ class CNN(ReferenceModule):
                 "it is not applied after the last block, where `dropout` does the same."
             )
         hidden_sizes = [check_int(h, "hidden_sizes") for h in hidden_sizes]
+        if not isinstance(batch_norm, bool):
+            raise ValueError(f"`batch_norm` must be True or False, got {batch_norm!r}.")
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         two_d = len(self.input_shape) == 3
-        conv, pool, gap, channel_dropout = (
-            (nn.Conv2d, nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.Dropout2d)
+        conv, norm, pool, gap, channel_dropout = (
+            (nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.Dropout2d)
             if two_d
-            else (nn.Conv1d, nn.MaxPool1d, nn.AdaptiveAvgPool1d, nn.Dropout1d)
+            else (nn.Conv1d, nn.BatchNorm1d, nn.MaxPool1d, nn.AdaptiveAvgPool1d, nn.Dropout1d)
         )
         layers: list[nn.Module] = []
         width = self.input_shape[0]
         for i, out in enumerate(channels):
-            layers += [conv(width, int(out), kernel_size, padding=kernel_size // 2), nn.ReLU()]
+            layers.append(conv(width, int(out), kernel_size, padding=kernel_size // 2, bias=not batch_norm))
+            if batch_norm:
+                layers.append(norm(int(out)))
+            layers.append(nn.ReLU())
             if i < len(channels) - 1:
                 # Not after the last block: global average pooling turns its channels into the
                 # features that `dropout` drops, and dropping a channel before averaging is the

@@ -128,27 +128,34 @@ def configured_lrs(optimizer: torch.optim.Optimizer, schedulers: Iterable[Any] =
     return lrs
 
 
-def fresh_optimizer(pl_module: pl.LightningModule, factory: Any = None, owner: str = "") -> torch.optim.Optimizer:
+def fresh_optimizer(
+    pl_module: pl.LightningModule, factory: Any = None, owner: str = "", lr_factor: float = 1.0
+) -> torch.optim.Optimizer:
     """A new optimizer over the module's parameters: ``factory(params)``, else from ``configure_optimizers``.
 
     From ``configure_optimizers``, every param group starts at the LR the user configured
     (:func:`configured_lrs`), not where its scheduler's first step put it; the scheduler is never
-    stepped, so a check trains at that LR throughout. ``owner`` names the check in errors.
+    stepped, so a check trains at that LR throughout. ``lr_factor`` multiplies every group's LR
+    (a check that tries LRs around the configured one keeps the groups' ratios). ``owner`` names
+    the check in errors.
     """
     if factory is not None:
-        return factory(pl_module.parameters())
-    try:
-        configured = pl_module.configure_optimizers()
-    except Exception as err:
-        raise AdapterError(
-            f"{owner or 'A check'}: {type(pl_module).__name__}.configure_optimizers() failed when called for a fresh "
-            f"optimizer ({type(err).__name__}: {err}). Pass `optimizer=` (e.g. functools.partial(torch.optim.Adam, "
-            f"lr=1e-3)) to the check."
-        ) from err
-    optimizer = first_optimizer(configured)
-    for group, lr in zip(optimizer.param_groups, configured_lrs(optimizer, schedulers_in(configured)), strict=True):
+        optimizer = factory(pl_module.parameters())
+        lrs = [float(group["lr"]) for group in optimizer.param_groups]
+    else:
+        try:
+            configured = pl_module.configure_optimizers()
+        except Exception as err:
+            raise AdapterError(
+                f"{owner or 'A check'}: {type(pl_module).__name__}.configure_optimizers() failed when called for a "
+                f"fresh optimizer ({type(err).__name__}: {err}). Pass `optimizer=` (e.g. functools.partial("
+                f"torch.optim.Adam, lr=1e-3)) to the check."
+            ) from err
+        optimizer = first_optimizer(configured)
+        lrs = configured_lrs(optimizer, schedulers_in(configured))
+    for group, lr in zip(optimizer.param_groups, lrs, strict=True):
         if isinstance(group["lr"], torch.Tensor):  # a tensor LR (capturable or fused optimizers) keeps its type
-            group["lr"].fill_(lr)
+            group["lr"].fill_(lr * lr_factor)
         else:
-            group["lr"] = lr
+            group["lr"] = lr * lr_factor
     return optimizer
