@@ -52,6 +52,7 @@ _EXPORTS = {
     "CheckpointEnsemble": "lightning_tricks.callbacks",
     "EnsembleReport": "lightning_tricks.ensembling.checkpoints",
     "CheckpointError": "lightning_tricks.ensembling.checkpoints",
+    "ResumableDataLoader": "lightning_tricks.data",
 }
 _MODULES = {"schedules": "lightning_tricks.schedules"}
 
@@ -81,6 +82,7 @@ __all__ = [
     "PredictionDynamics",
     "PreflightReport",
     "RecipeCheckError",
+    "ResumableDataLoader",
     "SeedEverything",
     "ShuffleCheck",
     "TestTimeAugmentation",
@@ -127,6 +129,7 @@ if TYPE_CHECKING:
         VisualizeBatch,
     )
     from lightning_tricks.callbacks.lr_range_test import lr_range_test
+    from lightning_tricks.data import ResumableDataLoader
     from lightning_tricks.ensembling.checkpoints import CheckpointError, EnsembleReport
     from lightning_tricks.inspection.report import DataReport
     from lightning_tricks.inspection.scan import inspect_data
