@@ -239,8 +239,9 @@ def test_every_command_is_a_module_of_commands_with_a_main() -> None:
     from lightning_tricks.commands.cli import COMMANDS
 
     modules = {p.stem for p in (PACKAGE / "commands").glob("*.py")} - {"__init__", "cli"}
-    # the run summary that `train` prints (and `tune` reads); how every command ends on a user's mistake
-    helpers = {"summary", "usage_errors"}
+    # the run summary that `train` prints (and `tune` reads); how every command ends on a user's mistake;
+    # how every command's log file gets what its terminal showed
+    helpers = {"summary", "usage_errors", "run_log"}
     assert {module for module, _ in COMMANDS.values()} == modules - helpers
     for module, _ in COMMANDS.values():
         assert callable(importlib.import_module(f"lightning_tricks.commands.{module}").main)

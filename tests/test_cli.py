@@ -97,6 +97,9 @@ def test_preflight_command_passes_the_default_model_and_fails_a_crippled_one(tmp
     proc = cli("preflight", "callbacks.overfit_batch_check.max_steps=1", f"hydra.run.dir={bad}", cwd=tmp_path)
     assert proc.returncode == 1 and "1 of 5 checks failed" in proc.stdout
     assert json.loads((bad / "preflight.json").read_text())["passed"] is False
+    # The log file holds what the terminal showed, the report too (it was empty before: issue 16).
+    log = (bad / "preflight.log").read_text()
+    assert "1 of 5 checks failed" in log and "overfit_batch" in log
 
 
 def test_unknown_group_option_lists_the_available_ones(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_tricks.callbacks.lr_range_test import RangeTestResult, lr_range_test
+from lightning_tricks.commands.run_log import logs_terminal
 from lightning_tricks.commands.usage_errors import exits_on_usage_error
 
 
@@ -45,6 +46,7 @@ def lr_find(cfg: DictConfig) -> RangeTestResult:
 
 
 @hydra.main(version_base="1.3", config_path="pkg://lightning_tricks.conf", config_name="lr_find")
+@logs_terminal
 @exits_on_usage_error
 def main(cfg: DictConfig) -> None:
     result = lr_find(cfg)
