@@ -24,6 +24,8 @@ _EXPORTS = {
     "GradientDependencyProbe": "lightning_tricks.callbacks",
     "OverfitBatchCheck": "lightning_tricks.callbacks",
     "InputIndependentBaseline": "lightning_tricks.callbacks",
+    "InterruptCheckpoint": "lightning_tricks.callbacks",
+    "TrainingInterrupted": "lightning_tricks.callbacks",
     "LastLayerBiasInit": "lightning_tricks.callbacks",
     "OptunaPruning": "lightning_tricks.callbacks",
     "LRRangeTest": "lightning_tricks.callbacks",
@@ -52,6 +54,7 @@ _EXPORTS = {
     "CheckpointEnsemble": "lightning_tricks.callbacks",
     "EnsembleReport": "lightning_tricks.ensembling.checkpoints",
     "CheckpointError": "lightning_tricks.ensembling.checkpoints",
+    "ResumableDataLoader": "lightning_tricks.data",
 }
 _MODULES = {"schedules": "lightning_tricks.schedules"}
 
@@ -72,6 +75,7 @@ __all__ = [
     "HumanBaseline",
     "InitLossCheck",
     "InputIndependentBaseline",
+    "InterruptCheckpoint",
     "LRBatchScaling",
     "LRRangeTest",
     "LastLayerBiasInit",
@@ -81,10 +85,12 @@ __all__ = [
     "PredictionDynamics",
     "PreflightReport",
     "RecipeCheckError",
+    "ResumableDataLoader",
     "SeedEverything",
     "ShuffleCheck",
     "TestTimeAugmentation",
     "TrainingHealthCheck",
+    "TrainingInterrupted",
     "TrickModule",
     "VisualizeBatch",
     "__version__",
@@ -113,6 +119,7 @@ if TYPE_CHECKING:
         HumanBaseline,
         InitLossCheck,
         InputIndependentBaseline,
+        InterruptCheckpoint,
         LastLayerBiasInit,
         LRBatchScaling,
         LRRangeTest,
@@ -124,9 +131,11 @@ if TYPE_CHECKING:
         ShuffleCheck,
         TestTimeAugmentation,
         TrainingHealthCheck,
+        TrainingInterrupted,
         VisualizeBatch,
     )
     from lightning_tricks.callbacks.lr_range_test import lr_range_test
+    from lightning_tricks.data import ResumableDataLoader
     from lightning_tricks.ensembling.checkpoints import CheckpointError, EnsembleReport
     from lightning_tricks.inspection.report import DataReport
     from lightning_tricks.inspection.scan import inspect_data

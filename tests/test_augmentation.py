@@ -41,10 +41,12 @@ def test_training_batches_are_one_pixel_shifts_of_the_raw_ones_for_a_known_seed(
     dm = DigitsDataModule(seed=0, shuffle=False, batch_size=64, augmentation=RandomShiftRotate(1, 0.0))
     dm.setup()
     raw_x, raw_y = dm.datasets["train"].tensors[0][:64], dm.datasets["train"].tensors[1][:64]
-    batches = iter(dm.train_dataloader())  # (starting an iterator draws a base seed: before seeding)
     torch.manual_seed(123)
-    x, y = next(batches)  # no workers: collated, so augmented, here in this process
+    x, y = next(iter(dm.train_dataloader()))  # no workers: collated, so augmented, here in this process
     torch.manual_seed(123)
+    # The loader draws its workers' base seed first, at its first batch (a ResumableDataLoader builds torch's
+    # iterator there), then the batch is augmented.
+    torch.empty((), dtype=torch.int64).random_()
     offsets = torch.randint(-1, 2, (64, 2))  # the draw RandomShiftRotate makes from the same seed
     expected = torch.stack([one_pixel_shift(raw_x[i], *offsets[i].tolist()) for i in range(64)])
     assert torch.equal(y, raw_y)  # targets untouched, order unchanged

@@ -97,6 +97,9 @@ def test_preflight_command_passes_the_default_model_and_fails_a_crippled_one(tmp
     proc = cli("preflight", "callbacks.init_loss_check.expected=100", f"hydra.run.dir={bad}", cwd=tmp_path)
     assert proc.returncode == 1 and "1 of 5 checks failed" in proc.stdout
     assert json.loads((bad / "preflight.json").read_text())["passed"] is False
+    # The log file holds what the terminal showed, the report too (it was empty before: issue 16).
+    log = (bad / "preflight.log").read_text()
+    assert "1 of 5 checks failed" in log and "overfit_batch" in log
     # One optimizer step cannot overfit a batch, but it is no evidence against the model either: the verdict is
     # inconclusive, which is not a failure (exit 0), and the report says so.
     short = tmp_path / "short"

@@ -12,6 +12,7 @@ from lightning_tricks.callbacks.gradient_dependency_probe import GradientDepende
 from lightning_tricks.callbacks.human_baseline import HumanBaseline
 from lightning_tricks.callbacks.init_loss_check import InitLossCheck
 from lightning_tricks.callbacks.input_independent_baseline import InputIndependentBaseline
+from lightning_tricks.callbacks.interrupt_checkpoint import InterruptCheckpoint, TrainingInterrupted
 from lightning_tricks.callbacks.last_layer_bias_init import LastLayerBiasInit
 from lightning_tricks.callbacks.lr_batch_scaling import LRBatchScaling
 from lightning_tricks.callbacks.lr_range_test import LRRangeTest
@@ -39,6 +40,7 @@ __all__ = [
     "HumanBaseline",
     "InitLossCheck",
     "InputIndependentBaseline",
+    "InterruptCheckpoint",
     "LRBatchScaling",
     "LRRangeTest",
     "LastLayerBiasInit",
@@ -51,5 +53,6 @@ __all__ = [
     "ShuffleCheck",
     "TestTimeAugmentation",
     "TrainingHealthCheck",
+    "TrainingInterrupted",
     "VisualizeBatch",
 ]

@@ -13,6 +13,13 @@ for a run to be reproducible end to end, and this callback adds them:
   from an uninterrupted one. Here every rank's Python/NumPy/torch/CUDA state is
   gathered into the checkpoint and each rank gets its own back on resume.
 
+The RNG is not the loader's position: a checkpoint written inside an epoch resumes exactly only
+with a training loader that keeps its position (:class:`~lightning_tricks.ResumableDataLoader`,
+which the suite's data modules use). A plain ``DataLoader`` cannot be given one from here
+(Lightning gives callbacks no hold on the loader it iterates), so on such a resume this callback
+warns, naming the loader and the fix; it warns too on a DDP resume with loader workers, which
+Lightning shuffles as epoch 0 whatever the epoch (see :meth:`on_train_start`).
+
 The model's initial weights are drawn when the model is built, before any
 callback runs: seed before building it (``lightning.seed_everything(seed)``,
 which ``lightning-tricks train`` does with the same ``seed``).
@@ -20,7 +27,9 @@ which ``lightning-tricks train`` does with the same ``seed``).
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -93,6 +102,36 @@ class SeedEverything(Callback):
                 logger.log_hyperparams({"seed": self.seed})
 
     @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.ckpt_path is None:
+            return
+        loaders = trainer.train_dataloader
+        loaders = list(loaders.values()) if isinstance(loaders, Mapping) else loaders
+        loaders = list(loaders) if isinstance(loaders, (list, tuple)) else [loaders]
+        stateless = [dl for dl in loaders if not _keeps_position(dl)]
+        if not stateless:
+            return
+        name = type(stateless[0]).__name__
+        # Lightning's own test for a checkpoint written inside an epoch (TrainingEpochLoop.reset).
+        batches = trainer.num_training_batches
+        steps_per_epoch = math.ceil(batches / trainer.accumulate_grad_batches) if batches != float("inf") else 0
+        if steps_per_epoch and trainer.global_step % steps_per_epoch != 0:
+            rank_zero_warn(
+                f"SeedEverything: resuming from a checkpoint written inside an epoch (step {trainer.global_step}), "
+                f"but the training {name} keeps no position: the rest of the epoch is drawn in a new order, so "
+                f"this run will not equal an uninterrupted one although the RNG is restored. Use "
+                f"lightning_tricks.ResumableDataLoader (a drop-in DataLoader) or resume from an end-of-epoch "
+                f"checkpoint."
+            )
+        elif trainer.world_size > 1 and any(getattr(dl, "num_workers", 0) > 0 for dl in stateless):
+            rank_zero_warn(
+                f"SeedEverything: resuming on {trainer.world_size} processes with a {name} with workers: Lightning "
+                f"builds the first resumed epoch's iterator before it sets the DistributedSampler's epoch, and with "
+                f"workers the iterator draws its order at once, so that epoch is shuffled as epoch 0 was and the run "
+                f"will not equal an uninterrupted one. Use lightning_tricks.ResumableDataLoader (a drop-in DataLoader)."
+            )
+
+    @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self._previous_determinism is not None:
             enabled, warn_only = self._previous_determinism
@@ -147,3 +186,8 @@ class SeedEverything(Callback):
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             return torch.distributed.get_rank(), torch.distributed.get_world_size()
         return 0, 1
+
+
+def _keeps_position(loader: object) -> bool:
+    """Whether Lightning saves the loader's position in checkpoints (its ``_Stateful`` test, duck-typed)."""
+    return callable(getattr(loader, "state_dict", None)) and callable(getattr(loader, "load_state_dict", None))

@@ -30,6 +30,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lightning_tricks.commands.console import quiet_unless_verbose
+from lightning_tricks.commands.run_log import logs_terminal
 from lightning_tricks.commands.usage_errors import exits_on_usage_error
 from lightning_tricks.ensembling import EnsembleReport, evaluate_checkpoints, expand_checkpoints
 from lightning_tricks.utilities.arguments import UsageError
@@ -151,6 +152,7 @@ def print_report(report: EnsembleReport, split: str) -> None:
 
 
 @hydra.main(version_base="1.3", config_path="pkg://lightning_tricks.conf", config_name="ensemble")
+@logs_terminal
 @exits_on_usage_error
 @quiet_unless_verbose
 def main(cfg: DictConfig) -> None:

@@ -15,6 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_tricks.commands.console import quiet_unless_verbose
+from lightning_tricks.commands.run_log import logs_terminal
 from lightning_tricks.commands.usage_errors import exits_on_usage_error
 from lightning_tricks.inspection import DataReport, inspect_data
 
@@ -37,6 +38,7 @@ def inspect(cfg: DictConfig) -> DataReport:
 
 
 @hydra.main(version_base="1.3", config_path="pkg://lightning_tricks.conf", config_name="inspect")
+@logs_terminal
 @exits_on_usage_error
 @quiet_unless_verbose
 def main(cfg: DictConfig) -> None:

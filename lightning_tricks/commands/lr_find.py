@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lightning_tricks.callbacks.lr_range_test import RangeTestResult, lr_range_test, no_descent_advice
 from lightning_tricks.commands.console import quiet_unless_verbose
+from lightning_tricks.commands.run_log import logs_terminal
 from lightning_tricks.commands.usage_errors import exits_on_usage_error
 
 
@@ -53,6 +54,7 @@ def lr_find(cfg: DictConfig) -> RangeTestResult:
 
 
 @hydra.main(version_base="1.3", config_path="pkg://lightning_tricks.conf", config_name="lr_find")
+@logs_terminal
 @exits_on_usage_error
 @quiet_unless_verbose
 def main(cfg: DictConfig) -> None:

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lightning_tricks.callbacks.recipe_check import RecipeCheck
 from lightning_tricks.commands.console import quiet_unless_verbose
+from lightning_tricks.commands.run_log import logs_terminal
 from lightning_tricks.commands.train import build_data_and_model, instantiate_group
 from lightning_tricks.commands.usage_errors import exits_on_usage_error
 from lightning_tricks.preflight import PreflightReport, run_preflight
@@ -37,6 +38,7 @@ def preflight(cfg: DictConfig) -> PreflightReport:
 
 
 @hydra.main(version_base="1.3", config_path="pkg://lightning_tricks.conf", config_name="preflight")
+@logs_terminal
 @exits_on_usage_error
 @quiet_unless_verbose
 def main(cfg: DictConfig) -> None:

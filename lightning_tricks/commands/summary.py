@@ -27,6 +27,10 @@ class RunSummary:
     logs: list[tuple[str, str, str]] = field(default_factory=list)
     #: "model vs human" lines of HumanBaseline callbacks
     humans: list[str] = field(default_factory=list)
+    #: "finished", or "interrupted" (a signal stopped it)
+    status: str = "finished"
+    #: the command line that resumes an interrupted run
+    resume: str | None = None
 
     @staticmethod
     def checkpoints_of(trainer: pl.Trainer) -> tuple[str | None, str | None]:
@@ -51,6 +55,7 @@ class RunSummary:
         metrics: dict[str, float],
         evaluated: str | None,
         checkpoints: tuple[str | None, str | None] | None = None,
+        status: str = "finished",
     ) -> RunSummary:
         best, last = checkpoints or cls.checkpoints_of(trainer)
         logs = []
@@ -76,6 +81,7 @@ class RunSummary:
             last_checkpoint=last,
             evaluated=evaluated,
             logs=logs,
+            status=status,
         )
 
     def save(self, folder: str | Path) -> Path:
@@ -93,7 +99,7 @@ class RunSummary:
         from rich.console import Console
         from rich.table import Table
 
-        table = Table(title=f"lightning-tricks: run finished (evaluated: {self.evaluated or 'final weights'})")
+        table = Table(title=f"lightning-tricks: run {self.status} (evaluated: {self.evaluated or 'final weights'})")
         table.add_column("split")
         for name in ("loss", "acc", "mae"):
             if any(k.endswith(f"/{name}") for k in self.metrics):
@@ -111,6 +117,7 @@ class RunSummary:
         if self.best_checkpoint:
             console.print(f"best ckpt    {self.best_checkpoint}")
         if self.last_checkpoint:
-            console.print(f"last ckpt    {self.last_checkpoint}  (resume: ckpt_path=<this file>)")
+            hint = "" if self.resume else "  (resume: ckpt_path=<this file>)"
+            console.print(f"last ckpt    {self.last_checkpoint}{hint}")
         for what, path, how in self.logs:
             console.print(f"{what:<12} {path}\n{'':<12} open: {how}")

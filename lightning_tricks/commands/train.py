@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
-from collections.abc import Mapping
+import shlex
+import signal
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import hydra
 import lightning.pytorch as pl
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from lightning_tricks.callbacks.interrupt_checkpoint import SIGNALS, InterruptCheckpoint, TrainingInterrupted
 from lightning_tricks.commands.console import quiet_unless_verbose
+from lightning_tricks.commands.run_log import logs_terminal
 from lightning_tricks.commands.summary import RunSummary
 from lightning_tricks.commands.usage_errors import exits_on_usage_error
 from lightning_tricks.commands.wandb_runs import declare_wandb_metrics, name_wandb_runs
@@ -76,6 +83,10 @@ def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule, 
     """The objects of a run, built in seed order: everything that draws random numbers comes after seeding."""
     datamodule, model = build_data_and_model(cfg)
     callbacks: list[Callback] = instantiate_group(cfg.get("callbacks"), "callbacks")
+    if not any(isinstance(c, InterruptCheckpoint) for c in callbacks):
+        # Ctrl-C / SIGTERM while training: a checkpoint of where the run is, then exit 130 / 143 (see `main`).
+        # Last, so the checkpoint holds what the other callbacks did with the step.
+        callbacks.append(InterruptCheckpoint(dirpath=Path(str(cfg.paths.output_dir)) / "checkpoints"))
     loggers: list[Logger] = instantiate_group(cfg.get("logger"), "logger")
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, _convert_="all")
     return datamodule, model, trainer
@@ -95,6 +106,7 @@ def train(cfg: DictConfig) -> RunSummary:
     declare_wandb_metrics(trainer.loggers)
     for logger in trainer.loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    checkpoints: tuple[str | None, str | None] | None = None
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         # Read now: validate()/test() restore callback state from the evaluated checkpoint.
@@ -108,6 +120,13 @@ def train(cfg: DictConfig) -> RunSummary:
                 metrics.update(result)
         evaluated = cfg.get("eval_ckpt") if ckpt else None
         return RunSummary.from_trainer(trainer, metrics, evaluated=evaluated, checkpoints=checkpoints)
+    except TrainingInterrupted as stop:
+        # The summary so far: the metrics of the last validation, the files written until now.
+        so_far = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "test/"))}
+        stop.summary = RunSummary.from_trainer(
+            trainer, so_far, evaluated="the last validation", checkpoints=checkpoints, status="interrupted"
+        )
+        raise
     finally:
         # Hydra multirun runs jobs in one process: close this job's W&B run so the next gets its own.
         for logger in trainer.loggers:
@@ -115,12 +134,68 @@ def train(cfg: DictConfig) -> RunSummary:
                 logger.experiment.finish()
 
 
+def resume_command(checkpoint: str) -> str:
+    """The command line that resumes this run from ``checkpoint``: the same config and overrides, and ``ckpt_path``."""
+    hydra_cfg = HydraConfig.get()
+    words = ["lightning-tricks", "train"]
+    for source in hydra_cfg.runtime.config_sources:
+        if source.provider == "command-line" and source.schema == "file":
+            words += ["--config-dir", source.path]
+    if hydra_cfg.job.config_name != "train":
+        words += ["--config-name", hydra_cfg.job.config_name]
+    words += [o for o in hydra_cfg.overrides.task if o.split("=", 1)[0].lstrip("+~") != "ckpt_path"]
+    words.append(f"ckpt_path={checkpoint}")
+    return " ".join(shlex.quote(w) for w in words)
+
+
+@contextlib.contextmanager
+def interrupts_stop_at_once() -> Iterator[None]:
+    """SIGINT/SIGTERM outside the training steps (building, checks, evaluation) stop the command at once with
+    exit code 130/143; during the steps InterruptCheckpoint takes them over to save a checkpoint first."""
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        raise TrainingInterrupted(signum, checkpoint=None)
+
+    previous = {signum: signal.getsignal(signum) for signum in SIGNALS}
+    for signum in SIGNALS:
+        signal.signal(signum, stop)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def report_interrupt(stop: TrainingInterrupted) -> None:
+    """Print (rank zero) the summary so far and how to resume."""
+    if rank_zero_only.rank != 0:
+        return
+    summary = getattr(stop, "summary", None)
+    if stop.checkpoint:
+        summary = summary or RunSummary(metrics={}, output_dir=Path(HydraConfig.get().runtime.output_dir))
+        summary.resume = resume_command(stop.checkpoint)
+    if summary is not None:
+        summary.print()
+    where = f" at epoch {stop.epoch}, step {stop.step}" if stop.step is not None else ""
+    if stop.checkpoint:
+        print(f"lightning-tricks train: stopped by {stop.signal_name}{where}; saved {stop.checkpoint}")
+        print(f"resume with: {summary.resume}")
+    else:
+        print(f"lightning-tricks train: stopped by {stop.signal_name} outside the training steps; no checkpoint saved.")
+
+
 @hydra.main(version_base="1.3", config_path="pkg://lightning_tricks.conf", config_name="train")
+@logs_terminal
 @exits_on_usage_error
 @quiet_unless_verbose
 def main(cfg: DictConfig) -> float | None:
     name_wandb_runs(cfg)
-    summary = train(cfg)
+    try:
+        with interrupts_stop_at_once():
+            summary = train(cfg)
+    except TrainingInterrupted as stop:
+        report_interrupt(stop)
+        raise  # a SystemExit: exit code 130 (SIGINT) or 143 (SIGTERM), through Hydra untouched
     summary.print()
     if rank_zero_only.rank == 0:
         summary.save(cfg.paths.output_dir)

@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 from optuna.trial import TrialState
 
 from lightning_tricks.commands.console import quiet_unless_verbose
+from lightning_tricks.commands.run_log import logs_terminal
 from lightning_tricks.commands.train import train
 from lightning_tricks.commands.usage_errors import exits_on_usage_error
 from lightning_tricks.functional.search_space import grid_size, grid_space
@@ -121,6 +122,7 @@ def _hydra_overrides() -> list[str]:
 
 
 @hydra.main(version_base="1.3", config_path="pkg://lightning_tricks.conf", config_name="tune")
+@logs_terminal
 @exits_on_usage_error
 @quiet_unless_verbose
 def main(cfg: DictConfig) -> float | None:

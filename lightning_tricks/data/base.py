@@ -9,6 +9,7 @@ from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_tricks.data.augment import Augmentation, AugmentedCollate, check_augmentation
+from lightning_tricks.data.resumable import ResumableDataLoader
 from lightning_tricks.utilities.arguments import check_int
 from lightning_tricks.utilities.protocol import check_task
 
@@ -134,15 +135,17 @@ class ArrayDataModule(pl.LightningDataModule):
         if not self.datasets:
             self.setup()
         collate = AugmentedCollate(self.augmentation) if augment and self.augmentation is not None else None
-        return DataLoader(
+        # The training loader keeps its position in checkpoints, so a run resumed mid-epoch is exact
+        # (ResumableDataLoader); evaluation loaders are read whole, and need none.
+        loader_class = ResumableDataLoader if split == "train" else DataLoader
+        return loader_class(
             self.datasets[split],
             batch_size=self.batch_size,
             shuffle=shuffle,
             num_workers=self.num_workers,
             collate_fn=collate,
-            # Not persistent: a persistent loader draws its workers' base seed once per fit, so a resumed
-            # run (new workers) would consume one more draw than an uninterrupted one and shuffle
-            # differently; fresh workers per epoch keep SeedEverything's resume exact.
+            # Not persistent: persistent workers keep their random state from epoch to epoch, in processes
+            # no checkpoint holds; fresh workers per epoch keep a resumed run exact.
             persistent_workers=False,
         )
 
