@@ -241,8 +241,8 @@ def test_every_command_is_a_module_of_commands_with_a_main() -> None:
     modules = {p.stem for p in (PACKAGE / "commands").glob("*.py")} - {"__init__", "cli"}
     # the run summary that `train` prints (and `tune` reads); how every command ends on a user's mistake;
     # what every command prints (noise filtered) and how its log file gets it; how train names its W&B
-    # runs; a multirun's overview
-    helpers = {"summary", "usage_errors", "console", "wandb_runs", "multirun_overview", "run_log"}
+    # runs; a multirun's overview; how `train ckpt_path=` continues a run
+    helpers = {"summary", "usage_errors", "console", "wandb_runs", "multirun_overview", "run_log", "resume"}
     assert {module for module, _ in COMMANDS.values()} == modules - helpers
     for module, _ in COMMANDS.values():
         assert callable(importlib.import_module(f"lightning_tricks.commands.{module}").main)

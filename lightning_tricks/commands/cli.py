@@ -66,6 +66,17 @@ def main(argv: list[str] | None = None) -> int | None:
     # of the user's never shadows an installed package. DDP ranks re-launched by Lightning come here too.
     if os.getcwd() not in sys.path:
         sys.path.append(os.getcwd())
+    if command == "train" and "LOCAL_RANK" not in os.environ:
+        # `ckpt_path=` of a run's checkpoint continues that run (its folder, config, logger); a DDP rank
+        # re-launched by Lightning already has the rewritten arguments.
+        from lightning_tricks.commands.resume import resume_arguments
+        from lightning_tricks.utilities.arguments import UsageError
+
+        try:
+            rest = resume_arguments(rest)
+        except UsageError as error:
+            print(f"lightning-tricks train: {' '.join(str(error).split())}", file=sys.stderr)
+            return 2
     module = importlib.import_module(f"lightning_tricks.commands.{COMMANDS[command][0]}")
     sys.argv = [sys.argv[0], *rest]
     module.main()

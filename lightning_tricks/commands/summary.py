@@ -64,7 +64,10 @@ class RunSummary:
                 run = logger.experiment
                 run_dir = str(Path(run.dir).parent)
                 offline = getattr(run.settings, "mode", "") == "offline" or getattr(run, "offline", False)
-                how = f"wandb sync {run_dir}" if offline else str(getattr(run, "url", "") or "")
+                # A resumed run (same id) adds an offline folder per session: sync them all, into the one run.
+                sessions = sorted(Path(run_dir).parent.glob(f"*run-*-{run.id}"))
+                synced = run_dir if len(sessions) <= 1 else " ".join(str(p) for p in sessions)
+                how = f"wandb sync {synced}" if offline else str(getattr(run, "url", "") or "")
                 logs.append(("W&B run", run_dir, how))
             elif isinstance(logger, TensorBoardLogger):
                 logs.append(("TensorBoard", str(logger.log_dir), f"tensorboard --logdir {logger.log_dir}"))

@@ -135,15 +135,20 @@ def train(cfg: DictConfig) -> RunSummary:
 
 
 def resume_command(checkpoint: str) -> str:
-    """The command line that resumes this run from ``checkpoint``: the same config and overrides, and ``ckpt_path``."""
+    """The command line that resumes this run from ``checkpoint``.
+
+    ``ckpt_path=`` alone where the run folder holds its config (a resume reloads it, see
+    :mod:`lightning_tricks.commands.resume`); else the same config options and overrides as this run's.
+    """
     hydra_cfg = HydraConfig.get()
     words = ["lightning-tricks", "train"]
-    for source in hydra_cfg.runtime.config_sources:
-        if source.provider == "command-line" and source.schema == "file":
-            words += ["--config-dir", source.path]
-    if hydra_cfg.job.config_name != "train":
-        words += ["--config-name", hydra_cfg.job.config_name]
-    words += [o for o in hydra_cfg.overrides.task if o.split("=", 1)[0].lstrip("+~") != "ckpt_path"]
+    if not (Path(hydra_cfg.runtime.output_dir) / ".hydra" / "config.yaml").is_file():
+        for source in hydra_cfg.runtime.config_sources:
+            if source.provider == "command-line" and source.schema == "file":
+                words += ["--config-dir", source.path]
+        if hydra_cfg.job.config_name != "train":
+            words += ["--config-name", hydra_cfg.job.config_name]
+        words += [o for o in hydra_cfg.overrides.task if o.split("=", 1)[0].lstrip("+~") != "ckpt_path"]
     words.append(f"ckpt_path={checkpoint}")
     return " ".join(shlex.quote(w) for w in words)
 
