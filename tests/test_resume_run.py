@@ -26,19 +26,21 @@ def run(tmp_path: Path, compose_train) -> Path:
     cfg = compose_train("logger=wandb", "seed=7", tiny=False)
     OmegaConf.save(cfg, folder / ".hydra" / "config.yaml")
     OmegaConf.save(["logger=wandb", "seed=7"], folder / ".hydra" / "overrides.yaml")
-    hydra = {"runtime": {"config_sources": []}, "job": {"name": "train", "config_name": "train"}}
-    OmegaConf.save({"hydra": hydra}, folder / ".hydra" / "hydra.yaml")
     (folder / "wandb" / "offline-run-20260101_000000-abc123xy").mkdir(parents=True)
     return folder
 
 
 def test_a_resume_reloads_the_runs_config_folder_and_wandb_run(run: Path) -> None:
     ckpt = run / "checkpoints" / "last.ckpt"
-    # The run's own overrides, composed again; seed=7 typed again is the run's own; max_epochs is safe.
-    assert resume_arguments([f"ckpt_path={ckpt}", "trainer.max_epochs=40", "seed=7", "logger=wandb"]) == [
-        "logger=wandb",
-        "seed=7",
+    # The run's own config; seed=7 typed again is the run's own value; max_epochs is safe.
+    assert resume_arguments([f"ckpt_path={ckpt}", "trainer.max_epochs=40", "seed=7"]) == [
+        "--config-dir",
+        str(run / ".hydra"),
+        "--config-name",
+        "config",
         f"hydra.run.dir={run}",
+        "++hydra.job_logging.formatters.message.format='%(message)s'",
+        "++hydra.job_logging.handlers.console.formatter=message",
         "trainer.max_epochs=40",
         f"ckpt_path={ckpt}",
         "++logger.id=abc123xy",

@@ -75,15 +75,13 @@ def resume_arguments(argv: list[str]) -> list[str]:
     if run is None:
         return argv  # a checkpoint from elsewhere: a new run, as before
     saved = OmegaConf.load(run / ".hydra" / "config.yaml")
-    overrides_file = run / ".hydra" / "overrides.yaml"
-    first = [str(o) for o in OmegaConf.load(overrides_file)] if overrides_file.is_file() else []
 
     allow = _ALLOW in by_key and _truthy(by_key[_ALLOW].value())
     applied, refused = [], []
     for override in overrides:
         key = override.key_or_group
-        if key in ("ckpt_path", _ALLOW) or override.input_line in first:
-            continue  # the run's own override, typed again
+        if key in ("ckpt_path", _ALLOW):
+            continue
         if override.package is not None or _is_config_group(key):
             raise UsageError(
                 f"`{override.input_line}` chooses a config-group option, but resuming from {checkpoint} continues "
@@ -107,26 +105,30 @@ def resume_arguments(argv: list[str]) -> list[str]:
         )
     if allow and applied:
         print(f"lightning-tricks train: {_ALLOW}=true: the resumed run applies {' '.join(applied)}", file=sys.stderr)
-    # Compose the run's config again, as its first session did: the same primary config and the same
-    # overrides (Hydra keeps them in <run>/.hydra/). Composing from the saved config.yaml instead would lose
-    # the `hydra:` settings of the primary config (log format, callbacks) and the config-group choices.
-    hydra_cfg = OmegaConf.load(run / ".hydra" / "hydra.yaml").hydra
-    changed = {o.split("=", 1)[0].lstrip("+~") for o in applied}
-    kept = [o for o in first if o.split("=", 1)[0].lstrip("+~") not in {"ckpt_path", *changed}]
-    options = []
-    for source in hydra_cfg.runtime.config_sources:
-        if source.provider == "command-line" and source.schema == "file":
-            options += ["--config-dir", str(source.path)]
-    if hydra_cfg.job.config_name != "train":
-        options += ["--config-name", str(hydra_cfg.job.config_name)]
+    # The run's own config (<run>/.hydra/config.yaml), as it ran: composing the defaults and the first
+    # session's overrides again would change the experiment wherever this package's defaults changed since.
+    # The `hydra:` settings of `train.yaml` are not in that file: the console and log-file format is given
+    # again here (the folder is given; its UsageError and multirun callbacks have nothing to do on a resume).
     return [
-        *options,
-        *kept,
+        "--config-dir",
+        str(run / ".hydra"),
+        "--config-name",
+        "config",
         f"hydra.run.dir={run}",
+        "++hydra.job_logging.formatters.message.format='%(message)s'",
+        "++hydra.job_logging.handlers.console.formatter=message",
         *applied,
         f"ckpt_path={checkpoint}",
-        *_logger_continuation(saved, run, " ".join(first) or str(hydra_cfg.job.name)),
+        *_logger_continuation(saved, run, _first_name(run)),
     ]
+
+
+def _first_name(run: Path) -> str:
+    """The W&B run name the first session had: its overrides as typed (see ``wandb_runs.identity``)."""
+    from omegaconf import OmegaConf
+
+    overrides = run / ".hydra" / "overrides.yaml"
+    return " ".join(str(o) for o in OmegaConf.load(overrides)) if overrides.is_file() else ""
 
 
 def _logger_continuation(saved: Any, run: Path, name: str) -> list[str]:
@@ -143,7 +145,7 @@ def _logger_continuation(saved: Any, run: Path, name: str) -> list[str]:
         runs = sorted((run / "wandb").glob("*run-*-*"), key=lambda p: p.stat().st_mtime)
         if runs:
             continued = [f"++logger.id={runs[-1].name.rsplit('-', 1)[1]}", "++logger.resume=allow"]
-            if not logger.get("name"):
+            if name and not logger.get("name"):
                 quoted = name.replace("\\", "\\\\").replace("'", "\\'")
                 continued.append(f"++logger.name='{quoted}'")
             return continued

@@ -8,6 +8,7 @@ import logging
 import os
 import shlex
 import signal
+import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import FrameType
@@ -59,6 +60,11 @@ def check_run_config(cfg: DictConfig) -> None:
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path is not None and not Path(str(ckpt_path)).is_file():
         raise UsageError(f"`ckpt_path` must be an existing checkpoint file to resume from, got {ckpt_path!r}.")
+    if ckpt_path is not None and HydraConfig.initialized():
+        run_dir = Path(HydraConfig.get().runtime.output_dir).resolve()
+        if run_dir in Path(str(ckpt_path)).resolve().parents:
+            # A resume continues its own run folder: its checkpoint folder is meant to hold files.
+            warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
 
 
 def build_data_and_model(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule]:
