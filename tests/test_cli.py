@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 import zipfile
 from pathlib import Path
 
@@ -200,3 +201,24 @@ def test_installed_wheel_finds_its_configs_from_any_directory(tmp_path: Path) ->
     run_dir = elsewhere / "run"
     ok(cli("train", "logger=csv", "trainer.max_epochs=1", f"hydra.run.dir={run_dir}", cwd=elsewhere, env=env))
     assert (run_dir / "checkpoints" / "last.ckpt").exists()
+
+
+@pytest.mark.parametrize("command", ["train", "preflight", "inspect", "lr-find", "tune", "ensemble"])
+def test_help_answers_from_the_config_without_importing_lightning(command: str) -> None:
+    """`<command> --help` took 7.7 s, nearly all importing Lightning and torch; it needs the config only."""
+    code = textwrap.dedent(
+        f"""
+        import sys
+        from lightning_tricks.commands.cli import main
+        sys.argv = ["lightning-tricks", "{command}", "--help"]
+        try:
+            main()
+        except SystemExit as stop:
+            assert not stop.code, stop.code
+        heavy = sorted(m for m in ("lightning", "torch", "wandb") if m in sys.modules)
+        print("IMPORTED", heavy)
+        """
+    )
+    proc = ok(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120))
+    assert "== Configuration groups ==" in proc.stdout and f"lightning-tricks {command}" in proc.stdout
+    assert "IMPORTED []" in proc.stdout
