@@ -13,7 +13,11 @@ Measured, each as a ratio in one run:
    ``PredictionDynamics``, ``VisualizeBatch``) over a bare Trainer (target <= 1.02);
 2. the whole preflight (``run_preflight``, default checks) over one epoch (target <= 0.5);
 3. the LR range test of 100 steps over one epoch (target <= 0.2);
-4. ``FullDatasetLoss`` alone over Lightning's own validation loop on the same split (target <= 1.0).
+4. ``FullDatasetLoss`` alone over Lightning's own validation loop on the same split (target <= 1.0);
+5. ``GradientDependencyProbe``'s probe over one forward+backward of the same batch, at batch 64 and 256
+   (target <= 3, flat in the batch size);
+6. ``DataInspection``'s fit-end pass (every validation sample scored, the top-k logged, the full table
+   saved) over Lightning's validation loop on the same split (target <= 1.0).
 
 Usage: python benchmarks/bench_real_workload.py [--workload resnet|mnist1d] [--train 2048] [--epochs 3]
 (the defaults are sized for a 2-core machine; pass larger --train for closer-to-real epochs).
@@ -24,6 +28,7 @@ from __future__ import annotations
 import argparse
 import logging
 import statistics
+import tempfile
 import time
 from typing import Any
 
@@ -31,7 +36,15 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_tricks import FullDatasetLoss, LRRangeTest, PredictionDynamics, VisualizeBatch, run_preflight
+from lightning_tricks import (
+    DataInspection,
+    FullDatasetLoss,
+    GradientDependencyProbe,
+    LRRangeTest,
+    PredictionDynamics,
+    VisualizeBatch,
+    run_preflight,
+)
 
 
 class ResNet18(pl.LightningModule):
@@ -150,6 +163,21 @@ def main() -> None:
 
     pl.seed_everything(0, verbose=False)
     model, train, val = workload(args.workload, n_train)
+    probe_lines = []
+    for batch_size in (64, 256):
+        x = torch.cat([b[0] for b in val])[:batch_size]
+        y = torch.cat([b[1] for b in val])[:batch_size]
+        probe, step = [], []
+        for _ in range(3):  # alternated, best of 3
+            start = time.perf_counter()
+            GradientDependencyProbe().probe(model, x)
+            probe.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            model.zero_grad(set_to_none=True)
+            step.append(time.perf_counter() - start)
+        probe_lines.append(f"batch {batch_size}: {min(probe) / min(step):.2f}x")
+
     lightning_val, ours = [], []
     for _ in range(3):  # alternated, best of 3
         t = trainer([], 1)
@@ -162,6 +190,22 @@ def main() -> None:
     ratio = min(ours) / min(lightning_val)
     print(f"4. FullDatasetLoss on val: {min(ours):.2f} s vs Lightning's validation loop {min(lightning_val):.2f} s: "
           f"{ratio:.2f}x (target <= 1.0)")  # fmt: skip
+
+    print(f"5. GradientDependencyProbe over one forward+backward: {', '.join(probe_lines)} (target <= 3, flat)")
+
+    inspection, lightning_val = [], []
+    with tempfile.TemporaryDirectory() as root:
+        for _ in range(3):  # alternated, best of 3
+            t = trainer([], 1, default_root_dir=root)
+            start = time.perf_counter()
+            t.validate(model, val, verbose=False)
+            lightning_val.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            DataInspection(splits=["val"], at_fit_start=False).rank(t, model)
+            inspection.append(time.perf_counter() - start)
+    ratio = min(inspection) / min(lightning_val)
+    print(f"6. DataInspection fit-end pass on val: {min(inspection):.2f} s vs Lightning's validation loop "
+          f"{min(lightning_val):.2f} s: {ratio:.2f}x (target <= 1.0)")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
-# Tiny, and one check fails on purpose (one optimizer step cannot overfit a batch): a FAIL verdict.
+# Tiny, and one check fails on purpose (an expected initial loss of 5 where ln 10 = 2.30 is right): a FAIL
+# verdict; one optimizer step cannot decide whether a batch can be overfit: an INCONCLUSIVE one.
 TINY = [
+    "callbacks.init_loss_check.expected=5.0",
     "trainer.max_epochs=1",
     "+trainer.limit_train_batches=3",
     "+trainer.limit_val_batches=2",
@@ -53,17 +55,19 @@ def test_quiet_by_default_everything_with_verbose(tmp_path: Path) -> None:
     quiet = train(tmp_path, f"hydra.run.dir={tmp_path / 'quiet'}")
     assert [noise for noise in NOISE if noise in quiet] == []
     # What the user came for stays: the verdicts, one line each without a source-file prefix, and the summary.
-    assert "[init_loss] pass: initial loss" in quiet
-    (fail,) = [line for line in quiet.splitlines() if "[overfit_batch] FAIL" in line]
-    assert fail.startswith("[overfit_batch] FAIL: could not overfit")  # not `.../recipe_check.py:130: UserWarning`
+    assert "[gradient_dependency] pass: " in quiet
+    (fail,) = [line for line in quiet.splitlines() if "[init_loss] FAIL" in line]
+    assert fail.startswith("[init_loss] FAIL: initial loss")  # not `.../recipe_check.py:130: UserWarning`
+    (undecided,) = [line for line in quiet.splitlines() if "[overfit_batch] INCONCLUSIVE" in line]
+    assert undecided.startswith("[overfit_batch] INCONCLUSIVE: ")
     assert "lightning-tricks: run finished" in quiet and "wandb sync " in quiet
     # Rich tables are not cut at 80 columns in a log: the model summary shows the full type name.
     assert "CrossEntropyLoss" in quiet and "CrossEntr…" not in quiet
     # The verdicts are also in the run's log file.
-    assert "[overfit_batch] FAIL" in (tmp_path / "quiet" / "train.log").read_text()
+    assert "[init_loss] FAIL" in (tmp_path / "quiet" / "train.log").read_text()
     print(f"output lines: quiet {len(quiet.splitlines())}", end="")
 
     loud = train(tmp_path, f"hydra.run.dir={tmp_path / 'loud'}", "verbose=true")
     assert [noise for noise in NOISE if noise not in loud] == []
-    assert "[overfit_batch] FAIL: could not overfit" in loud and "lightning-tricks: run finished" in loud
+    assert "[init_loss] FAIL: initial loss" in loud and "lightning-tricks: run finished" in loud
     print(f", verbose {len(loud.splitlines())}")

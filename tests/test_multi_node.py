@@ -30,18 +30,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(tmp_path: Path, how: str) -> list[dict]:
+def launch(tmp_path: Path, how: str, *job_args: str) -> list[dict]:
     port = free_port()
     procs = []
     for node in (0, 1):
         folder = tmp_path / f"node{node}"
-        folder.mkdir()
+        folder.mkdir(exist_ok=True)
         env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WANDB_MODE": "offline"}
         env.pop("LOCAL_RANK", None)
         if how == "torchrun":
             command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(node),
                        "--nproc-per-node", "1", "--master-addr", "127.0.0.1", "--master-port", str(port),
-                       str(JOB), str(folder)]  # fmt: skip
+                       str(JOB), str(folder), *job_args]  # fmt: skip
         else:  # what `srun` sets for a 2-node, 1-task-per-node job
             env.update(
                 SLURM_NTASKS="2",
@@ -54,7 +54,7 @@ def launch(tmp_path: Path, how: str) -> list[dict]:
                 SLURM_JOB_ID="4242",
                 SLURM_NODELIST="127.0.0.1",
             )
-            command = [sys.executable, str(JOB), str(folder)]
+            command = [sys.executable, str(JOB), str(folder), *job_args]
         procs.append(subprocess.Popen(command, cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                       text=True))  # fmt: skip
     outputs = [p.communicate(timeout=600)[0] for p in procs]
@@ -78,6 +78,7 @@ def exact_val_loss(checkpoint: Path) -> float:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # torchrun: three 2-node launches (the run, then 1 epoch and its resume)
 @pytest.mark.filterwarnings("ignore::UserWarning")
 @pytest.mark.parametrize("how", ["torchrun", "slurm"])
 def test_two_nodes(tmp_path: Path, how: str) -> None:
@@ -98,3 +99,21 @@ def test_two_nodes(tmp_path: Path, how: str) -> None:
     assert sorted(p.name for p in node1.rglob("*") if p.is_file()) == ["result-1.json"]
     assert (node0 / "logs" / "metrics.csv").is_file()
     assert list((node0 / "logs").rglob("report.md"))  # DataInspection's report
+    # One W&B run, with the media (DataInspection's figures) once, in it.
+    (wandb_run,) = (node0 / "logs" / "wandb").glob("offline-run-*-twonodes")
+    assert list(wandb_run.rglob("media/**/*.png"))
+
+    if how == "torchrun":
+        # Resume exact on 2 nodes: 1 epoch, then a resume from its last.ckpt to 2 epochs (each node reads it
+        # from node 0's folder, as from a shared file system) ends on the uninterrupted run's weights.
+        resumed = tmp_path / "resumed"
+        resumed.mkdir()
+        launch(resumed, how, "1")
+        ckpt = resumed / "node0" / "checkpoints" / "last.ckpt"
+        again = launch(resumed, how, "2", str(ckpt))
+        assert [r["weights_sum"] for r in again] == [ranks[0]["weights_sum"]] * 2
+        assert again[0]["full_loss"] == ranks[0]["full_loss"]
+        assert (
+            len(list((resumed / "node0" / "logs" / "wandb").glob("offline-run-*-twonodes"))) == 2
+        )  # 1 run, 2 sessions
+        assert sorted(p.name for p in (resumed / "node1").rglob("*") if p.is_file()) == ["result-1.json"]

@@ -77,6 +77,20 @@ def test_prediction_table_grows_linearly_and_stays_in_the_run_folder(tmp_path: P
     assert [p for p in home.rglob("*") if p.is_file() and p.suffix != ".log"] == []  # W&B's process logs only
 
 
+def test_a_long_run_starts_a_new_incremental_table_so_each_epoch_costs_the_same(
+    tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """W&B lists every earlier increment in each row that logs an incremental table: unbounded, a run's W&B
+    files grow with the square of its length. After INCREMENTS_PER_TABLE increments a new table starts."""
+    from lightning_tricks.utilities import media
+
+    monkeypatch.setattr(media, "INCREMENTS_PER_TABLE", 2)
+    run = fit_with_dynamics(tmp_path, 5)
+    assert run.values(f"{KEY}/increment_num") == [0, 1, 0, 1, 0]
+    assert max(len(paths) for paths in run.values(f"{KEY}/previous_increments_paths")) <= 1
+    assert rows_written(run) == 4 * 5
+
+
 def cli(*args: str, cwd: Path, home: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "WANDB_MODE": "offline", "HOME": str(home)}
     for name in ("XDG_DATA_HOME", "XDG_CACHE_HOME", "WANDB_DATA_DIR", "WANDB_CACHE_DIR"):

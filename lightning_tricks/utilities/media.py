@@ -162,12 +162,20 @@ def log_table(
     return path
 
 
+#: Increments per W&B incremental table before a new one starts (bounds W&B's per-log list of increments).
+INCREMENTS_PER_TABLE = 25
+
+
 class GrowingTable:
     """A table that gains rows over a run, logged at a cost linear in its rows: each
     :meth:`append` logs only the rows it is given.
 
-    * W&B: one incremental ``wandb.Table`` per run (``log_mode="INCREMENTAL"``): each call adds an
-      increment holding only the new rows; W&B shows the increments as one table.
+    * W&B: an incremental ``wandb.Table`` (``log_mode="INCREMENTAL"``): each call adds an increment
+      holding only the new rows; W&B shows the increments as one table. W&B writes the paths of *all*
+      earlier increments into every history row and summary that logs the table (216 bytes more per
+      increment), which makes a long run's W&B files quadratic in its length; so a table holds at most
+      :data:`INCREMENTS_PER_TABLE` increments, and the next call starts a new one under the same key
+      (the dashboard shows the latest; earlier steps keep theirs).
     * TensorBoard: the new rows as a markdown text at the step.
     * otherwise: one file, ``<run dir>/media/<key>.csv``, the new rows appended.
 
@@ -178,7 +186,8 @@ class GrowingTable:
     def __init__(self, key: str, columns: Sequence[str]) -> None:
         self.key = key
         self.columns = list(columns)
-        self._wandb: dict[int, tuple[Any, Any]] = {}  # id(run) -> (run, its incremental table)
+        # id(run) -> (run, its incremental table, increments logged in it)
+        self._wandb: dict[int, tuple[Any, Any, int]] = {}
         self._csv_started = False
 
     def append(self, trainer: pl.Trainer, rows: Sequence[Sequence[Any]], step: int | None = None) -> Path | None:
@@ -192,9 +201,10 @@ class GrowingTable:
             import wandb
 
             run = logger.experiment
-            if id(run) not in self._wandb:
-                self._wandb[id(run)] = (run, wandb.Table(columns=self.columns, log_mode="INCREMENTAL"))
-            table = self._wandb[id(run)][1]
+            if id(run) not in self._wandb or self._wandb[id(run)][2] >= INCREMENTS_PER_TABLE:
+                self._wandb[id(run)] = (run, wandb.Table(columns=self.columns, log_mode="INCREMENTAL"), 0)
+            _, table, increments = self._wandb[id(run)]
+            self._wandb[id(run)] = (run, table, increments + 1)
             for row in data:
                 table.add_data(*row)
             with wandb_files_in_run(run):

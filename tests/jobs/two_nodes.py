@@ -3,6 +3,8 @@
 Each node runs in its own working directory: a file that appears in node 1's folder was written by a
 process that is local rank 0 but not global rank 0 -- the confusion the test looks for. Every rank
 writes what it saw to ``result-<global rank>.json`` in its folder.
+
+Usage: two_nodes.py <folder> [<epochs> [<checkpoint to resume from>]]
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import sys
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
 from lightning_tricks import (
     DataInspection,
@@ -31,7 +33,7 @@ from lightning_tricks.data import DigitsDataModule
 from lightning_tricks.models import MLP
 
 
-def main(out: str) -> None:
+def main(out: str, epochs: int = 2, ckpt_path: str | None = None) -> None:
     pl.seed_everything(0, verbose=False)
     model = MLP(input_shape=(1, 8, 8), num_outputs=10)
     checks = [
@@ -47,7 +49,7 @@ def main(out: str) -> None:
         num_nodes=2,
         devices=1,
         strategy="ddp",
-        max_epochs=2,
+        max_epochs=epochs,
         callbacks=[
             SeedEverything(0),
             LastLayerBiasInit(),
@@ -57,22 +59,27 @@ def main(out: str) -> None:
             tta,
             ModelCheckpoint(dirpath="checkpoints", save_last=True),
         ],
-        logger=CSVLogger("logs", name="", version=""),
+        # W&B offline: one run, created by global rank 0 only (a resume continues it: same id).
+        logger=[
+            CSVLogger("logs", name="", version=""),
+            WandbLogger(save_dir="logs", offline=True, id="twonodes", resume="allow", project="two-nodes"),
+        ],
         enable_progress_bar=False,
         enable_model_summary=False,
     )
     datamodule = DigitsDataModule(seed=0)
-    trainer.fit(model, datamodule=datamodule)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     trainer.test(model, datamodule=datamodule, verbose=False)
     result = {
         "global_rank": trainer.global_rank,
         "local_rank": trainer.local_rank,
         "node_rank": trainer.node_rank,
         "world_size": trainer.world_size,
-        "verdicts": {c.name: c.result.passed for c in checks},
+        # None: not run (the checks run once, before training; not again on a resume)
+        "verdicts": {c.name: None if c.result is None else c.result.passed for c in checks},
         "full_loss": full.history[-1],
         "tta": None if tta.result is None else {"loss": tta.result.loss, "count": tta.result.count},
-        "inspection_has_errors": inspection.report.has_errors,
+        "inspection_has_errors": None if inspection.report is None else inspection.report.has_errors,  # None: resumed
         "weights_sum": float(sum(p.double().sum() for p in model.parameters())),
     }
     with open(f"{out}/result-{trainer.global_rank}.json", "w") as f:
@@ -81,4 +88,4 @@ def main(out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], *(int(a) if a.isdigit() else a for a in sys.argv[2:]))
