@@ -34,7 +34,8 @@ needs_browser = pytest.mark.skipif(
 # Runs in the page before anything else: keeps every error, then reports on `load`.
 PROBE = """<script>
 window.__errors = [];
-window.addEventListener("error", e => window.__errors.push(e.message || ("failed to load " + e.target.outerHTML.slice(0, 80))), true);
+window.addEventListener("error", e => window.__errors.push(
+  e.message || ("failed to load " + e.target.outerHTML.slice(0, 80))), true);
 const consoleError = console.error;
 console.error = (...args) => { window.__errors.push(args.join(" ")); consoleError.apply(console, args); };
 window.addEventListener("load", () => {
@@ -64,7 +65,12 @@ def open_in_browser(report: Path, tmp_path: Path) -> dict:
     probed = tmp_path / f"probed-{report.parent.name}.html"
     probed.write_text(report.read_text().replace("<head>", "<head>" + PROBE, 1))
     proc = chromium(
-        "--enable-logging=stderr", "--v=0", "--virtual-time-budget=10000", "--dump-dom", probed.as_uri(), tmp_path=tmp_path
+        "--enable-logging=stderr",
+        "--v=0",
+        "--virtual-time-budget=10000",
+        "--dump-dom",
+        probed.as_uri(),
+        tmp_path=tmp_path,
     )
     match = re.search(r'<pre id="probe">(.*?)</pre>', proc.stdout, re.S)
     assert match, f"the page did not finish loading:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
@@ -136,8 +142,8 @@ def test_run_record_keeps_every_epoch_when_an_older_checkpoint_is_restored() -> 
 
 def test_metric_curves_one_figure_per_metric_with_a_line_per_split() -> None:
     history = [
-        {"epoch": float(e), "train/loss_step": 9.0, "train/loss_epoch": 2.0 - e, "val/loss": 1.5 - e / 2, "val/acc": 0.5}
-        | {"tricks/init_loss/measured": 1.4}
+        {"epoch": float(e), "train/loss_step": 9.0, "train/loss_epoch": 2.0 - e, "val/loss": 1.5 - e / 2}
+        | {"val/acc": 0.5, "tricks/init_loss/measured": 1.4}
         for e in range(3)
     ]
     figures = metric_curves(history)
@@ -175,7 +181,10 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, str]
     ensemble = ["ensemble", f"checkpoints=[{','.join([*checkpoints, str(tmp / 'train/checkpoints/last.ckpt')])}]"]
     out["ensemble"] = (tmp / "ensemble", cli(*ensemble, f"hydra.run.dir={tmp / 'ensemble'}", cwd=tmp).stdout)
     tune = ["tune", *SMALL[:2], "recipe=none", "logger=csv", "trainer.max_epochs=1", "test=false", "tune.n_trials=2"]
-    out["tune"] = (tmp / "tune", cli(*tune, "trainer.enable_progress_bar=false", f"hydra.run.dir={tmp / 'tune'}", cwd=tmp).stdout)
+    out["tune"] = (
+        tmp / "tune",
+        cli(*tune, "trainer.enable_progress_bar=false", f"hydra.run.dir={tmp / 'tune'}", cwd=tmp).stdout,
+    )
     return out
 
 

@@ -57,7 +57,9 @@ def png_bytes(image: Any) -> bytes:
         import matplotlib.image
 
         array = np.asarray(image)
-        matplotlib.image.imsave(buffer, array[..., 0] if array.ndim == 3 and array.shape[-1] == 1 else array, cmap="gray")
+        matplotlib.image.imsave(
+            buffer, array[..., 0] if array.ndim == 3 and array.shape[-1] == 1 else array, cmap="gray"
+        )
     return buffer.getvalue()
 
 
@@ -98,7 +100,9 @@ class HtmlReport:
         body = []
         for row in rows:
             cells = [
-                f'<td class="num">{_cell(v)}</td>' if isinstance(v, (int, float)) else f"<td>{html.escape(_cell(v))}</td>"
+                f'<td class="num">{_cell(v)}</td>'
+                if isinstance(v, (int, float))
+                else f"<td>{html.escape(_cell(v))}</td>"
                 for v in row
             ]
             body.append(f"<tr>{''.join(cells)}</tr>")

@@ -47,8 +47,13 @@ def write_html(report: PreflightReport, folder: Path) -> Path:
     page.verdicts(report.results)
     page.figures({f"{r.name}: {key}": figure for r in report.results for key, figure in r.figures.items()})
     page.section("Files")
-    page.table(["file", "what"], [[str(folder / "preflight.md"), "this table, Markdown"], [
-        str(folder / "preflight.json"), "every number of every check"]])
+    page.table(
+        ["file", "what"],
+        [
+            [str(folder / "preflight.md"), "this table, Markdown"],
+            [str(folder / "preflight.json"), "every number of every check"],
+        ],
+    )
     page.text("Exit code 0 when no check failed (an inconclusive check is not a failure), 1 otherwise.")
     return page.save(folder)
 

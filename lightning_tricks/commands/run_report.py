@@ -143,7 +143,9 @@ def write_run_report(trainer: pl.Trainer, record: RunRecord, summary: RunSummary
     page.table(["", ""], [row for row in places if row[1]])
     if resume:
         finished = summary.status == "finished"
-        page.text("Continue this run (give it more epochs with trainer.max_epochs=...):" if finished else "Resume with:")
+        page.text(
+            "Continue this run (give it more epochs with trainer.max_epochs=...):" if finished else "Resume with:"
+        )
         page.code(resume)
 
     results = [cb.result for cb in trainer.callbacks if isinstance(cb, RecipeCheck) and cb.result is not None]
