@@ -40,7 +40,7 @@ pre { background: #f5f5f7; padding: 8px; overflow-x: auto; white-space: pre-wrap
 .gallery { display: flex; flex-wrap: wrap; gap: 12px; } figure { margin: 0; max-width: 100%; }
 figure img { max-width: 100%; border: 1px solid #eee; } figcaption { color: #555; font-size: 12px; }
 img.pixels { image-rendering: pixelated; }
-.WARNING { color: #b26a00; } .ERROR, .CRITICAL { color: #c62828; }
+.wide { overflow-x: auto; max-width: 100%; }
 """
 
 
@@ -96,6 +96,7 @@ class HtmlReport:
         self.parts.append(f"<pre>{html.escape(text)}</pre>")
 
     def table(self, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+        """Numbers right-aligned with 4 significant digits; ``columns`` all empty: no header row."""
         head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
         body = []
         for row in rows:
@@ -106,7 +107,9 @@ class HtmlReport:
                 for v in row
             ]
             body.append(f"<tr>{''.join(cells)}</tr>")
-        self.parts.append(f"<table><tr>{head}</tr>{''.join(body)}</table>")
+        head = f"<tr>{head}</tr>" if any(columns) else ""  # no header row for a list of (name, value)
+        # In a box that scrolls sideways: a wide table (a study's trials) must not stretch the page.
+        self.parts.append(f'<div class="wide"><table>{head}{"".join(body)}</table></div>')
 
     def markdown(self, text: str) -> None:
         """Markdown a command prints (its tables, lists, headings), with raw HTML escaped, not passed on."""

@@ -30,6 +30,7 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 from lightning.pytorch.callbacks import Callback
+from matplotlib.ticker import MaxNLocator
 from typing_extensions import override
 
 from lightning_tricks.callbacks.recipe_check import RecipeCheck
@@ -119,6 +120,7 @@ def metric_curves(history: list[dict[str, float]]) -> dict[str, Any]:
             # Two values at one epoch (e.g. train/loss and train/loss_epoch): keep the epoch's.
             by_epoch = dict(points)
             ax.plot(list(by_epoch), list(by_epoch.values()), marker="o", label=split)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         ax.set_xlabel("epoch")
         ax.set_ylabel(name)
         ax.set_title(name)

@@ -159,7 +159,10 @@ def _write_report(
         Path(HydraConfig.get().runtime.output_dir).resolve() == Path(str(cfg.paths.output_dir)).resolve()
     )
     resume = resume_command(checkpoint) if checkpoint and own_run else None
-    summary.report = str(write_run_report(trainer, record, summary, resume=resume))
+    try:
+        summary.report = str(write_run_report(trainer, record, summary, resume=resume))
+    except Exception as error:  # the page is a view of the run: it must not cost the run its summary or exit code
+        log.warning("report.html not written: %s: %s", type(error).__name__, error)
 
 
 def resume_command(checkpoint: str) -> str:

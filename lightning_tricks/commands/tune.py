@@ -116,7 +116,9 @@ def write_html(study: optuna.Study, report: dict, run_dir: Path) -> Path:
     page.text(", ".join(f"{n} {state}" for state, n in report["counts"].items() if n) or "no trials")
     page.section("Trials")
     columns, rows = report["trials"]
-    page.table(columns, [[v if isinstance(v, (int, float, type(None))) else str(v) for v in row] for row in rows])
+    # A trial's overrides (a list) as the words of a command line, the other values as they are.
+    cells = [[" ".join(map(str, v)) if isinstance(v, list) else v for v in row] for row in rows]
+    page.table(columns, [[v if isinstance(v, (int, float, type(None))) else str(v) for v in row] for row in cells])
     if report["plots"]:
         page.section("Plots")
         page.figures(report["plots"])
