@@ -90,12 +90,12 @@ def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule, 
     """The objects of a run, built in seed order: everything that draws random numbers comes after seeding."""
     datamodule, model = build_data_and_model(cfg)
     callbacks: list[Callback] = instantiate_group(cfg.get("callbacks"), "callbacks")
+    # What the run's report.html shows beyond the summary: metrics per epoch, images, log records.
+    callbacks.append(RunRecord())
     if not any(isinstance(c, InterruptCheckpoint) for c in callbacks):
         # Ctrl-C / SIGTERM while training: a checkpoint of where the run is, then exit 130 / 143 (see `main`).
         # Last, so the checkpoint holds what the other callbacks did with the step.
         callbacks.append(InterruptCheckpoint(dirpath=Path(str(cfg.paths.output_dir)) / "checkpoints"))
-    # What the run's report.html shows beyond the summary: metrics per epoch, images, log records.
-    callbacks.append(RunRecord())
     loggers: list[Logger] = instantiate_group(cfg.get("logger"), "logger")
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, _convert_="all")
     return datamodule, model, trainer
