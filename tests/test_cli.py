@@ -7,11 +7,16 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 import zipfile
 from pathlib import Path
 
 import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
+from lightning_tricks.models import MLP
 from lightning_tricks.testing import read_offline_run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -163,10 +168,33 @@ def test_multirun_starts_one_wandb_run_per_job(tmp_path: Path) -> None:
 @pytest.mark.ddp
 def test_train_on_two_cpu_processes(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    ok(cli("train", "trainer=ddp_cpu", "logger=csv", "trainer.max_epochs=1", f"hydra.run.dir={run_dir}", cwd=tmp_path))
+    proc = ok(
+        cli("train", "trainer=ddp_cpu", "logger=csv", "trainer.max_epochs=1", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    )
     # Lightning re-launched the command for rank 1, which found its sub-command and the same run dir.
     assert (run_dir / "train_ddp_process_1.log").exists()
     assert any(r.get("test/acc") for r in read_csv(run_dir / "csv" / "metrics.csv"))
+    # The suite's own exact metrics are not mistaken by Lightning for rank-local ones.
+    assert "sync_dist=True" not in proc.stdout + proc.stderr
+
+    # The summary's val and test numbers count every sample once (Lightning's DDP evaluation pads the
+    # shards): equal to sum / count over each split in one process, with the evaluated checkpoint.
+    summary = json.loads((run_dir / "summary.json").read_text())
+    datamodule = instantiate(OmegaConf.load(run_dir / ".hydra" / "config.yaml").data, _convert_="all")
+    datamodule.setup("fit")
+    datamodule.setup("test")
+    model = MLP.load_from_checkpoint(summary["best_checkpoint"], map_location="cpu").eval()
+    for split, loader in (("val", datamodule.val_dataloader()), ("test", datamodule.test_dataloader())):
+        loss_sum, correct, count = 0.0, 0, 0
+        with torch.no_grad():
+            for x, y in loader:
+                logits = model(x)
+                loss_sum += float(torch.nn.functional.cross_entropy(logits, y, reduction="sum"))
+                correct += int((logits.argmax(1) == y).sum())
+                count += len(y)
+        assert summary["metrics"][f"{split}/loss"] == pytest.approx(loss_sum / count, rel=1e-5)
+        assert summary["metrics"][f"{split}/acc"] == pytest.approx(correct / count, rel=1e-6)
+        assert f"DDP: {split}/loss" in proc.stdout
 
 
 @pytest.mark.slow
@@ -200,3 +228,24 @@ def test_installed_wheel_finds_its_configs_from_any_directory(tmp_path: Path) ->
     run_dir = elsewhere / "run"
     ok(cli("train", "logger=csv", "trainer.max_epochs=1", f"hydra.run.dir={run_dir}", cwd=elsewhere, env=env))
     assert (run_dir / "checkpoints" / "last.ckpt").exists()
+
+
+@pytest.mark.parametrize("command", ["train", "preflight", "inspect", "lr-find", "tune", "ensemble"])
+def test_help_answers_from_the_config_without_importing_lightning(command: str) -> None:
+    """`<command> --help` took 7.7 s, nearly all importing Lightning and torch; it needs the config only."""
+    code = textwrap.dedent(
+        f"""
+        import sys
+        from lightning_tricks.commands.cli import main
+        sys.argv = ["lightning-tricks", "{command}", "--help"]
+        try:
+            main()
+        except SystemExit as stop:
+            assert not stop.code, stop.code
+        heavy = sorted(m for m in ("lightning", "torch", "wandb") if m in sys.modules)
+        print("IMPORTED", heavy)
+        """
+    )
+    proc = ok(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120))
+    assert "== Configuration groups ==" in proc.stdout and f"lightning-tricks {command}" in proc.stdout
+    assert "IMPORTED []" in proc.stdout

@@ -83,10 +83,14 @@ class FullDatasetLoss(StatefulCallback):
             loss, accuracy, count = result
             entry[split] = loss
             entry[f"{split}_count"] = count
-            pl_module.log(f"tricks/full_loss/{split}", loss, on_step=False, on_epoch=True)
+            # The value is already the same on every rank: the max over ranks is that value, bit for bit (a
+            # mean would be a sum and a division, not always exact), and Lightning does not ask DDP users
+            # to add `sync_dist=True` to the suite's own metric.
+            exact = {"on_step": False, "on_epoch": True, "sync_dist": True, "reduce_fx": "max"}
+            pl_module.log(f"tricks/full_loss/{split}", loss, **exact)
             if accuracy is not None:
                 entry[f"{split}_acc"] = accuracy
-                pl_module.log(f"tricks/full_loss/{split}_acc", accuracy, on_step=False, on_epoch=True)
+                pl_module.log(f"tricks/full_loss/{split}_acc", accuracy, **exact)
         self.history.append(entry)
 
     def evaluate(

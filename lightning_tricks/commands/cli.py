@@ -77,10 +77,25 @@ def main(argv: list[str] | None = None) -> int | None:
         except UsageError as error:
             print(f"lightning-tricks train: {' '.join(str(error).split())}", file=sys.stderr)
             return 2
-    module = importlib.import_module(f"lightning_tricks.commands.{COMMANDS[command][0]}")
     sys.argv = [sys.argv[0], *rest]
+    if any(a in ("--help", "-h", "--hydra-help") for a in rest):
+        # Help needs the config only: answered without importing the command (Lightning and torch alone
+        # take seconds to import). Each command's config has the command module's name.
+        _hydra_help(COMMANDS[command][0])
+        return 0
+    module = importlib.import_module(f"lightning_tricks.commands.{COMMANDS[command][0]}")
     module.main()
     return 0
+
+
+def _hydra_help(config_name: str) -> None:
+    """Hydra's ``--help`` / ``--hydra-help`` for the command whose config is ``config_name``."""
+    import hydra
+
+    def no_run(cfg: object) -> None:  # Hydra prints the help and exits before calling it
+        raise AssertionError("help only")
+
+    hydra.main(version_base="1.3", config_path="pkg://lightning_tricks.conf", config_name=config_name)(no_run)()
 
 
 if __name__ == "__main__":

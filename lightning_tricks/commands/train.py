@@ -23,6 +23,7 @@ from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from lightning_tricks.callbacks.full_dataset_loss import FullDatasetLoss
 from lightning_tricks.callbacks.interrupt_checkpoint import SIGNALS, InterruptCheckpoint, TrainingInterrupted
 from lightning_tricks.commands.console import quiet_unless_verbose
 from lightning_tricks.commands.run_log import logs_terminal
@@ -109,6 +110,36 @@ def _eval_ckpt(requested: str | None, checkpoints: tuple[str | None, str | None]
     return {"best": best, "last": last}.get(requested, requested) if requested else None
 
 
+def exact_evaluation(trainer: pl.Trainer, model: pl.LightningModule, metrics: Mapping[str, Any]) -> dict[str, float]:
+    """The loss and accuracy of each split in ``metrics``, with every sample counted once.
+
+    Under DDP, Lightning's `validate`/`test` pad each rank's shard to equal length (some samples count
+    twice), so the numbers they return are not the split's mean. The weights evaluated are in ``model``
+    (the last `validate`/`test` loaded the checkpoint); this is one more pass over each split, on
+    disjoint shards, summed across ranks (as :class:`FullDatasetLoss` does).
+    """
+    exact: dict[str, float] = {}
+    for split in ("val", "test"):
+        if f"{split}/loss" not in metrics:
+            continue
+        result = FullDatasetLoss(splits=[split]).evaluate(trainer, model, split)
+        if result is None:
+            continue
+        loss, accuracy, count = result
+        exact[f"{split}/loss"] = loss
+        if accuracy is not None and f"{split}/acc" in metrics:
+            exact[f"{split}/acc"] = accuracy
+        if trainer.is_global_zero:
+            log.info(
+                "DDP: %s/loss %.4f over all %d samples, each once (Lightning's padded evaluation: %.4f)",
+                split,
+                loss,
+                count,
+                float(metrics[f"{split}/loss"]),
+            )
+    return exact
+
+
 def train(cfg: DictConfig) -> RunSummary:
     """Fit the configured model, then evaluate it on val (and test); return the run's summary."""
     datamodule, model, trainer = build(cfg)
@@ -129,6 +160,8 @@ def train(cfg: DictConfig) -> RunSummary:
             if cfg.get("test", True):
                 for result in trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False):
                     metrics.update(result)
+            if trainer.world_size > 1:
+                metrics.update(exact_evaluation(trainer, model, metrics))
         evaluated = cfg.get("eval_ckpt") if ckpt else None
         summary = RunSummary.from_trainer(trainer, metrics, evaluated=evaluated, checkpoints=checkpoints)
         _write_report(cfg, trainer, record, summary, summary.last_checkpoint)

@@ -113,8 +113,9 @@ class ReferenceModule(TrickModule, pl.LightningModule):
         else:
             metric(outputs, targets)
         on_step = stage == "train"
-        # Evaluation metrics are reduced across ranks (sync_dist); training ones are rank 0's.
-        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, sync_dist=not on_step)
+        # The loss is the mean over ranks (sync_dist), for the epoch and each step: one scalar all-reduce a
+        # step under DDP, and the epoch's training loss is all the data's, not rank 0's share.
+        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, sync_dist=True)
         self.log(f"{stage}/{self.metric_name}", metric, on_step=False, on_epoch=True, prog_bar=True)
         return loss
 
