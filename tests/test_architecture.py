@@ -241,8 +241,10 @@ def test_every_command_is_a_module_of_commands_with_a_main() -> None:
     modules = {p.stem for p in (PACKAGE / "commands").glob("*.py")} - {"__init__", "cli"}
     # the run summary that `train` prints (and `tune` reads); how every command ends on a user's mistake;
     # what every command prints (noise filtered) and how its log file gets it; how train names its W&B
-    # runs; a multirun's overview; how `train ckpt_path=` continues a run
+    # runs; a multirun's overview; how `train ckpt_path=` continues a run; the report.html every command
+    # writes, and what `train` records for its own
     helpers = {"summary", "usage_errors", "console", "wandb_runs", "multirun_overview", "run_log", "resume"}
+    helpers |= {"html_report", "run_report"}
     assert {module for module, _ in COMMANDS.values()} == modules - helpers
     for module, _ in COMMANDS.values():
         assert callable(importlib.import_module(f"lightning_tricks.commands.{module}").main)

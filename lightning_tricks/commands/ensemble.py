@@ -30,6 +30,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lightning_tricks.commands.console import quiet_unless_verbose
+from lightning_tricks.commands.html_report import HtmlReport
 from lightning_tricks.commands.run_log import logs_terminal
 from lightning_tricks.commands.usage_errors import exits_on_usage_error
 from lightning_tricks.ensembling import EnsembleReport, evaluate_checkpoints, expand_checkpoints
@@ -127,7 +128,24 @@ def ensemble(cfg: DictConfig) -> EnsembleReport:
         writer = csv.writer(f)
         writer.writerow(report.columns)
         writer.writerows(report.rows())
+    write_html(report, cfg.split, folder)
     return report
+
+
+def write_html(report: EnsembleReport, split: str, folder: Path) -> Path:
+    """``report.html``: every member and the ensemble on ``split``, the gains, the members that failed."""
+    name = report.metric_name
+    page = HtmlReport(f"lightning-tricks ensemble on {split} ({report.count} samples)", str(folder))
+    page.section("Members and ensemble")
+    page.table(["member", "status", "loss", name], report.rows())
+    page.text(
+        f"ensemble {name} {report.ensemble_metric:.4f} vs best member {report.best_member.metric:.4f} "
+        f"(gain {report.metric_gain:+.4f}); loss {report.ensemble_loss:.4f} (gain {report.loss_gain:+.4f})"
+    )
+    if report.failures:
+        page.section("Failed members")
+        page.table(["checkpoint", "reason"], [[f.path, f.reason] for f in report.failures])
+    return page.save(folder)
 
 
 def print_report(report: EnsembleReport, split: str) -> None:
@@ -161,6 +179,7 @@ def main(cfg: DictConfig) -> None:
     for failure in report.failures:
         print(f"failed member: {failure.path}: {failure.reason}")
     print(f"report: {Path(cfg.paths.output_dir) / 'ensemble.json'}")
+    print(f"report: {Path(cfg.paths.output_dir) / 'report.html'}")
     if cfg.strict and report.failures:
         raise SystemExit(1)
 

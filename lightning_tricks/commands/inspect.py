@@ -15,6 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_tricks.commands.console import quiet_unless_verbose
+from lightning_tricks.commands.html_report import HtmlReport
 from lightning_tricks.commands.run_log import logs_terminal
 from lightning_tricks.commands.usage_errors import exits_on_usage_error
 from lightning_tricks.inspection import DataReport, inspect_data
@@ -34,7 +35,20 @@ def inspect(cfg: DictConfig) -> DataReport:
         near_duplicate_threshold=cfg.near_duplicate_threshold,
     )
     report.save(cfg.paths.output_dir, figures=cfg.figures)
+    write_html(report, Path(cfg.paths.output_dir))
     return report
+
+
+def write_html(report: DataReport, folder: Path) -> Path:
+    """``report.html``: the Markdown report (findings, tables) and the figures ``save`` wrote beside it."""
+    page = HtmlReport("lightning-tricks inspect", str(folder))
+    page.markdown(report.to_markdown())
+    # The figures as saved (not drawn twice): the folder is this command's own, its PNGs are the report's.
+    figures = {path.stem: path for path in sorted(folder.glob("*.png"))}
+    if figures:
+        page.section("Figures")
+        page.figures(figures)
+    return page.save(folder)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://lightning_tricks.conf", config_name="inspect")
@@ -48,6 +62,7 @@ def main(cfg: DictConfig) -> None:
 
     Console(soft_wrap=True).print(Markdown(report.to_markdown()))
     print(f"report: {Path(cfg.paths.output_dir) / 'report.md'}")
+    print(f"report: {Path(cfg.paths.output_dir) / 'report.html'}")
     if cfg.strict and report.has_errors:
         raise SystemExit(1)
 

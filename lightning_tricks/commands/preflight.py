@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lightning_tricks.callbacks.recipe_check import RecipeCheck
 from lightning_tricks.commands.console import quiet_unless_verbose
+from lightning_tricks.commands.html_report import HtmlReport
 from lightning_tricks.commands.run_log import logs_terminal
 from lightning_tricks.commands.train import build_data_and_model, instantiate_group
 from lightning_tricks.commands.usage_errors import exits_on_usage_error
@@ -34,7 +35,27 @@ def preflight(cfg: DictConfig) -> PreflightReport:
     report = run_preflight(model, datamodule, checks=checks, **{**trainer_cfg, "logger": loggers or False})
     if rank_zero_only.rank == 0:
         report.save(cfg.paths.output_dir)
+        write_html(report, Path(cfg.paths.output_dir))
     return report
+
+
+def write_html(report: PreflightReport, folder: Path) -> Path:
+    """``report.html``: the verdict, each check's verdict with its evidence, the checks' figures."""
+    headline = report.to_markdown().splitlines()[0].lstrip("# ")  # "Preflight: all checks passed"
+    page = HtmlReport(f"lightning-tricks {headline[0].lower()}{headline[1:]}", str(folder))
+    page.section("Checks")
+    page.verdicts(report.results)
+    page.figures({f"{r.name}: {key}": figure for r in report.results for key, figure in r.figures.items()})
+    page.section("Files")
+    page.table(
+        ["file", "what"],
+        [
+            [str(folder / "preflight.md"), "this table, Markdown"],
+            [str(folder / "preflight.json"), "every number of every check"],
+        ],
+    )
+    page.text("Exit code 0 when no check failed (an inconclusive check is not a failure), 1 otherwise.")
+    return page.save(folder)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://lightning_tricks.conf", config_name="preflight")
@@ -49,5 +70,6 @@ def main(cfg: DictConfig) -> None:
 
         Console(soft_wrap=True).print(Markdown(report.to_markdown()))
         print(f"report: {Path(cfg.paths.output_dir) / 'preflight.md'}")
+        print(f"report: {Path(cfg.paths.output_dir) / 'report.html'}")
     if not report.passed:
         raise SystemExit(1)

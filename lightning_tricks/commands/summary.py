@@ -31,6 +31,8 @@ class RunSummary:
     status: str = "finished"
     #: the command line that resumes an interrupted run
     resume: str | None = None
+    #: the run's ``report.html`` (verdicts, curves, figures, this summary), where one was written
+    report: str | None = None
 
     @staticmethod
     def checkpoints_of(trainer: pl.Trainer) -> tuple[str | None, str | None]:
@@ -124,3 +126,5 @@ class RunSummary:
             console.print(f"last ckpt    {self.last_checkpoint}{hint}")
         for what, path, how in self.logs:
             console.print(f"{what:<12} {path}\n{'':<12} open: {how}")
+        if self.report:
+            console.print(f"report       {self.report}")

@@ -27,6 +27,7 @@ from lightning_tricks.callbacks.full_dataset_loss import FullDatasetLoss
 from lightning_tricks.callbacks.interrupt_checkpoint import SIGNALS, InterruptCheckpoint, TrainingInterrupted
 from lightning_tricks.commands.console import quiet_unless_verbose
 from lightning_tricks.commands.run_log import logs_terminal
+from lightning_tricks.commands.run_report import RunRecord, write_run_report
 from lightning_tricks.commands.summary import RunSummary
 from lightning_tricks.commands.usage_errors import exits_on_usage_error
 from lightning_tricks.commands.wandb_runs import declare_wandb_metrics, name_wandb_runs
@@ -90,6 +91,8 @@ def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule, 
     """The objects of a run, built in seed order: everything that draws random numbers comes after seeding."""
     datamodule, model = build_data_and_model(cfg)
     callbacks: list[Callback] = instantiate_group(cfg.get("callbacks"), "callbacks")
+    # What the run's report.html shows beyond the summary: metrics per epoch, images, log records.
+    callbacks.append(RunRecord())
     if not any(isinstance(c, InterruptCheckpoint) for c in callbacks):
         # Ctrl-C / SIGTERM while training: a checkpoint of where the run is, then exit 130 / 143 (see `main`).
         # Last, so the checkpoint holds what the other callbacks did with the step.
@@ -144,33 +147,55 @@ def train(cfg: DictConfig) -> RunSummary:
     for logger in trainer.loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     checkpoints: tuple[str | None, str | None] | None = None
+    record = next(c for c in trainer.callbacks if isinstance(c, RunRecord))
     try:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-        # Read now: validate()/test() restore callback state from the evaluated checkpoint.
-        checkpoints = RunSummary.checkpoints_of(trainer)
-        ckpt = _eval_ckpt(cfg.get("eval_ckpt"), checkpoints)
-        metrics: dict[str, float] = {}
-        for result in trainer.validate(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False):
-            metrics.update(result)
-        if cfg.get("test", True):
-            for result in trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False):
+        with record.watching():
+            trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+            # Read now: validate()/test() restore callback state from the evaluated checkpoint.
+            checkpoints = RunSummary.checkpoints_of(trainer)
+            ckpt = _eval_ckpt(cfg.get("eval_ckpt"), checkpoints)
+            metrics: dict[str, float] = {}
+            for result in trainer.validate(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False):
                 metrics.update(result)
-        if trainer.world_size > 1:
-            metrics.update(exact_evaluation(trainer, model, metrics))
+            if cfg.get("test", True):
+                for result in trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False):
+                    metrics.update(result)
+            if trainer.world_size > 1:
+                metrics.update(exact_evaluation(trainer, model, metrics))
         evaluated = cfg.get("eval_ckpt") if ckpt else None
-        return RunSummary.from_trainer(trainer, metrics, evaluated=evaluated, checkpoints=checkpoints)
+        summary = RunSummary.from_trainer(trainer, metrics, evaluated=evaluated, checkpoints=checkpoints)
+        _write_report(cfg, trainer, record, summary, summary.last_checkpoint)
+        return summary
     except TrainingInterrupted as stop:
         # The summary so far: the metrics of the last validation, the files written until now.
         so_far = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "test/"))}
         stop.summary = RunSummary.from_trainer(
             trainer, so_far, evaluated="the last validation", checkpoints=checkpoints, status="interrupted"
         )
+        _write_report(cfg, trainer, record, stop.summary, stop.checkpoint)
         raise
     finally:
         # Hydra multirun runs jobs in one process: close this job's W&B run so the next gets its own.
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger) and trainer.is_global_zero:
                 logger.experiment.finish()
+
+
+def _write_report(
+    cfg: DictConfig, trainer: pl.Trainer, record: RunRecord, summary: RunSummary, checkpoint: str | None
+) -> None:
+    """Rank zero: write report.html with the command that continues the run from ``checkpoint``; name it in
+    the summary. The command only where this process is the run's own ``train`` (a tune trial is not)."""
+    if not trainer.is_global_zero:
+        return
+    own_run = HydraConfig.initialized() and (
+        Path(HydraConfig.get().runtime.output_dir).resolve() == Path(str(cfg.paths.output_dir)).resolve()
+    )
+    resume = resume_command(checkpoint) if checkpoint and own_run else None
+    try:
+        summary.report = str(write_run_report(trainer, record, summary, resume=resume))
+    except Exception as error:  # the page is a view of the run: it must not cost the run its summary or exit code
+        log.warning("report.html not written: %s: %s", type(error).__name__, error)
 
 
 def resume_command(checkpoint: str) -> str:

@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 from optuna.trial import TrialState
 
 from lightning_tricks.commands.console import quiet_unless_verbose
+from lightning_tricks.commands.html_report import HtmlReport
 from lightning_tricks.commands.run_log import logs_terminal
 from lightning_tricks.commands.train import train
 from lightning_tricks.commands.usage_errors import exits_on_usage_error
@@ -95,8 +96,33 @@ def tune(cfg: DictConfig, overrides: Sequence[str] | None = None) -> optuna.Stud
     )
     poll = min(float(t.heartbeat_interval), 5.0)
     run_worker(study, objective, n_trials, timeout=t.timeout, poll=poll, shared=storage is not None)
-    write_report(study, run_dir, objective, train_cfg)
+    report = write_report(study, run_dir, objective, train_cfg)
+    print(f"report       {write_html(study, report, run_dir)}")
     return study
+
+
+def write_html(study: optuna.Study, report: dict, run_dir: Path) -> Path:
+    """``report.html``: the best trial and how to rerun it, trials per state, every trial, Optuna's plots."""
+    page = HtmlReport(f"lightning-tricks tune: study {study.study_name!r}", str(run_dir))
+    best = report["best"]
+    page.section("Best trial")
+    if best is None:
+        page.text("No trial completed.")
+    else:
+        page.table(["", ""], [["trial", best["trial"]], [f"{best['metric']} ({best['direction']})", best["value"]]])
+        page.table(["parameter", "value"], [[k, str(v)] for k, v in best["params"].items()])
+        page.text(f"Reproduce (its run folder: {best['trial_dir']}):")
+        page.code(best["command"])
+    page.text(", ".join(f"{n} {state}" for state, n in report["counts"].items() if n) or "no trials")
+    page.section("Trials")
+    columns, rows = report["trials"]
+    # A trial's overrides (a list) as the words of a command line, the other values as they are.
+    cells = [[" ".join(map(str, v)) if isinstance(v, list) else v for v in row] for row in rows]
+    page.table(columns, [[v if isinstance(v, (int, float, type(None))) else str(v) for v in row] for row in cells])
+    if report["plots"]:
+        page.section("Plots")
+        page.figures(report["plots"])
+    return page.save(run_dir)
 
 
 def _absolute_sqlite(url: str) -> str:

@@ -136,7 +136,10 @@ def save_plots(study: optuna.Study, run_dir: Path) -> dict[str, Path]:
 
 
 def write_report(study: optuna.Study, run_dir: Path, objective: TrialObjective, train_cfg: DictConfig) -> dict:
-    """``trials.csv``, ``best.json``, the plots (also to a W&B summary run when W&B is the logger), a table."""
+    """``trials.csv``, ``best.json``, the plots (also to a W&B summary run when W&B is the logger), a table.
+
+    Returns the best trial, the counts per state, the trials table ``(columns, rows)`` and the plots' files.
+    """
     run_dir.mkdir(parents=True, exist_ok=True)
     columns, rows = trials_table(study, objective)
     _write_trials_csv(run_dir / "trials.csv", columns, rows)
@@ -147,7 +150,8 @@ def write_report(study: optuna.Study, run_dir: Path, objective: TrialObjective, 
     plots = save_plots(study, run_dir)
     _log_to_wandb(study, train_cfg, plots, (columns, rows), best)
     _print_table(study, objective, best, counts, run_dir)
-    return report
+    # What the command's report.html shows too: the table and the plots of this study (not older files).
+    return {**report, "trials": (columns, rows), "plots": plots}
 
 
 def _log_to_wandb(

@@ -13,6 +13,9 @@ artifacts, stays in that run's folder (:func:`wandb_files_in_run`).
 Only rank zero writes; call these from every rank without guarding. Scalars
 go to every logger through ``log_metrics``, so they can be logged from hooks
 where ``LightningModule.log`` is not allowed (``setup``, ``on_fit_start``).
+
+:func:`images_logged_to` lets a command see every image logged while it runs (its HTML report
+shows them), whatever loggers the run has: W&B and TensorBoard keep images in formats of their own.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import contextlib
 import csv
 import os
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +92,24 @@ def wandb_files_in_run(run: Any) -> Iterator[Path]:
                 os.environ[name] = value
 
 
+#: Called with (key, step, HxWxC uint8 array) for every image logged on rank zero; see images_logged_to.
+_image_listeners: list[Callable[[str, int, np.ndarray], None]] = []
+
+
+@contextlib.contextmanager
+def images_logged_to(listener: Callable[[str, int, np.ndarray], None]) -> Iterator[None]:
+    """Within the block, ``listener(key, step, image)`` is called for every image :func:`log_image` logs.
+
+    A listener, not a logger of its own: the report of a command must not change which loggers the
+    run has (and what they write), only see what they were given.
+    """
+    _image_listeners.append(listener)
+    try:
+        yield
+    finally:
+        _image_listeners.remove(listener)
+
+
 def _rich_loggers(trainer: pl.Trainer) -> tuple[list[WandbLogger], list[TensorBoardLogger]]:
     wandb = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
     tensorboard = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
@@ -118,6 +139,8 @@ def log_image(
     if not trainer.is_global_zero:
         return None
     array = _image_array(image)
+    for listener in list(_image_listeners):
+        listener(key, _step(trainer, step), array)
     wandb_loggers, tb_loggers = _rich_loggers(trainer)
     for logger in wandb_loggers:
         extra = {"caption": [caption]} if caption else {}
