@@ -58,7 +58,7 @@ from lightning_tricks.utilities.arguments import UsageError
 log = logging.getLogger(__name__)
 
 SAMPLERS = ("random", "qmc", "tpe", "grid")
-PRUNERS = ("none", "median")
+PRUNERS = ("none", "median", "successive_halving", "hyperband")
 TRIAL_PROCESSES = ("auto", "inprocess", "subprocess")
 RESULT_ENV = "LIGHTNING_TRICKS_RESULT_FILE"
 _TUNE_ONLY = ("tune", "hparams_search", "hydra", "paths")  # overrides that are not train's
@@ -246,17 +246,37 @@ def make_sampler(name: str, seed: int | None, specs: Sequence[ParamSpec], grid_p
         return optuna.samplers.GridSampler(grid_space(specs, grid_points), seed=seed)
 
 
-def pruner_config(name: str, n_startup: int, n_warmup: int) -> dict[str, Any]:
-    """The pruner as a Hydra node: a ``train`` subprocess rebuilds the same pruner from its config."""
+def pruner_config(name: str, n_startup: int, n_warmup: int, max_resource: int | None = None) -> dict[str, Any]:
+    """The pruner as a Hydra node: a ``train`` subprocess rebuilds the same pruner from its config.
+
+    Steps are validations (one per epoch by default). ``n_warmup``: validations before a trial can be
+    pruned (the median pruner's ``n_warmup_steps``; the halving pruners' first rung, ``min_resource``,
+    at least 1). ``n_startup``: trials that finish before the median pruner judges. ``max_resource``:
+    the validations of a full trial (``trainer.max_epochs``), Hyperband's largest budget.
+    """
     if name == "median":
         return {"_target_": "optuna.pruners.MedianPruner", "n_startup_trials": n_startup, "n_warmup_steps": n_warmup}
+    if name == "successive_halving":
+        return {
+            "_target_": "optuna.pruners.SuccessiveHalvingPruner",
+            "min_resource": max(1, n_warmup),
+            "reduction_factor": 3,
+            "min_early_stopping_rate": 0,
+        }
+    if name == "hyperband":
+        return {
+            "_target_": "optuna.pruners.HyperbandPruner",
+            "min_resource": max(1, n_warmup),
+            "max_resource": "auto" if max_resource is None else max(max_resource, max(1, n_warmup)),
+            "reduction_factor": 3,
+        }
     return {"_target_": "optuna.pruners.NopPruner"}
 
 
-def make_pruner(name: str, n_startup: int, n_warmup: int) -> optuna.pruners.BasePruner:
+def make_pruner(name: str, n_startup: int, n_warmup: int, max_resource: int | None = None) -> optuna.pruners.BasePruner:
     from hydra.utils import instantiate
 
-    return instantiate(pruner_config(name, n_startup, n_warmup))
+    return instantiate(pruner_config(name, n_startup, n_warmup, max_resource))
 
 
 def make_storage(url: str | None, heartbeat_interval: int = 10, grace_period: int = 30) -> Any:
