@@ -31,17 +31,22 @@ per trial; the report (``write_report``: trials.csv, best.json, plots, table) on
 Baseline: grid search, the sampler the claim is against.
 
 Part 2, ``--pruners``: the pruner at equal compute (issue 17: the old default, a median pruner judging
-from the second epoch, pruned 15 of 20 trials). The shipped search space (``hparams_search=digits``:
-lr, weight decay, batch size, dropout; random sampler; the default metric ``val/loss``), digits MLP,
-``--epochs`` epochs per full trial. The budget is counted in epochs trained: ``--trials`` full trials
-without pruning; each pruner keeps starting trials until its trials have trained as many epochs
-(a pruned trial costs the epochs it ran). Per pruner, over ``--repeats`` seeds (sampler and training
-seed *r*; every pruner sees the same sequence of sampled trials): the best ``val/loss`` found, the
-epochs spent, trials started and pruned, and in how many repeats it beat no pruning.
+from the second validation after 5 start-up trials, pruned 15 of 20 trials, 13 after epoch 2, among
+them the trial with the best epoch-1 loss). The shipped search space (``hparams_search=digits``: lr,
+weight decay, batch size, dropout; AdamW), random sampler, the default metric ``val/loss``, digits MLP,
+``--epochs`` epochs per trial. ``tune`` records a pool of ``--pool`` trials with a pruner that reports
+every validation and prunes nothing; each pruner is then replayed on that pool (``replay``) in
+``--repeats`` random orders: a pruned trial would have reported the first values of its recorded
+curve, since training is seeded, so the replay is the study ``tune`` would run, trial for trial, at
+no training cost. The budget is counted in epochs trained: ``--trials`` full trials; with pruning,
+trials start until they have trained as many epochs (a pruned trial costs the epochs it ran).
+Printed per pruner: best ``val/loss`` found (median [min - max] over the orders), in how many orders it
+beat no pruning (and ties), epochs spent, trials started (pruned).
 
 Usage: python benchmarks/bench_tune_samplers.py [--data digits mnist1d] [--repeats 5] [--trials 16]
        [--epochs 3] [--samplers grid grid_mid random qmc tpe]
-       python benchmarks/bench_tune_samplers.py --pruners [--repeats 5] [--trials 10] [--epochs 8]
+       python benchmarks/bench_tune_samplers.py --pruners [--pool 18] [--epochs 6] [--trials 5] [--repeats 20]
+           [--curves curves.json] [--pruner-names ...]
 """
 
 from __future__ import annotations
@@ -288,7 +293,10 @@ def pruners(args: argparse.Namespace) -> None:
         order = random.Random(seed).sample(range(len(curves)), len(curves))
         for name in names:
             results[name].append(replay(name, curves, order, budget, args.epochs))
-    print("| pruner | best val/loss median [min - max] | beats none | ties | epochs spent | trials (pruned) |")
+    print(
+        "| pruner | best val/loss mean | median [min - max] | vs none: better / same / worse | epochs spent "
+        "| trials (pruned) |"
+    )
     print("|---|---|---|---|---|---|")
     for name, runs in results.items():
         pairs = list(zip(runs, results["none"], strict=True))
@@ -296,10 +304,10 @@ def pruners(args: argparse.Namespace) -> None:
         ties = sum(r["best"] == n["best"] for r, n in pairs)
         started = statistics.mean(r["started"] for r in runs)
         pruned = statistics.mean(r["pruned"] for r in runs)
+        versus = "-" if name == "none" else f"{wins} / {ties} / {len(runs) - wins - ties}"
         print(
-            f"| {name} | {spread([r['best'] for r in runs], 4)} | {'-' if name == 'none' else f'{wins}/{len(runs)}'} "
-            f"| {'-' if name == 'none' else ties} | {statistics.mean(r['spent'] for r in runs):.1f} "
-            f"| {started:.1f} ({pruned:.1f}) |"
+            f"| {name} | {statistics.mean(r['best'] for r in runs):.4f} | {spread([r['best'] for r in runs], 4)} "
+            f"| {versus} | {statistics.mean(r['spent'] for r in runs):.1f} | {started:.1f} ({pruned:.1f}) |"
         )
 
 
@@ -325,11 +333,11 @@ def main() -> None:
     parser.add_argument("--pruners", action="store_true", help="compare pruners at equal compute (part 2)")
     parser.add_argument("--pruner-names", nargs="+", default=list(PRUNERS), choices=list(PRUNERS))
     parser.add_argument("--curves", default=None, help="--pruners: JSON file to keep the recorded curves in (reused)")
-    parser.add_argument("--pool", type=int, default=16, help="--pruners: trials recorded, replayed in random orders")
+    parser.add_argument("--pool", type=int, default=18, help="--pruners: trials recorded, replayed in random orders")
     args = parser.parse_args()
     quiet()
     if args.pruners:
-        args.trials, args.epochs = args.trials or 4, args.epochs or 5
+        args.trials, args.epochs = args.trials or 5, args.epochs or 6
         pruners(args)
         return
     args.trials, args.epochs = args.trials or 16, args.epochs or 3

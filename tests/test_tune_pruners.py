@@ -9,11 +9,13 @@ from pathlib import Path
 
 import optuna
 import pytest
+from omegaconf import OmegaConf
 from optuna.trial import TrialState
 from test_tune import by_state, compose_tune
 
 from lightning_tricks.commands.tune import tune
-from lightning_tricks.tuning.study import PRUNERS, make_pruner, pruner_config
+from lightning_tricks.tuning.study import PRUNERS, check_tune_settings, make_pruner, pruner_config, warmup_steps
+from lightning_tricks.utilities.arguments import UsageError
 
 
 def test_each_pruner_is_built_with_the_warm_up_and_the_run_length() -> None:
@@ -36,7 +38,15 @@ def test_each_pruner_is_built_with_the_warm_up_and_the_run_length() -> None:
 
 def test_the_default_is_the_pruner_the_benchmark_chose(tmp_path: Path) -> None:
     cfg = compose_tune(tmp_path)
-    assert (cfg.tune.pruner, cfg.tune.n_warmup_steps) == ("hyperband", 1)
+    # The median pruner after 5 trials, from half the epochs on (null): 10 validations of the default 20.
+    assert (cfg.tune.pruner, cfg.tune.n_startup_trials, cfg.tune.n_warmup_steps) == ("median", 5, None)
+    assert warmup_steps(cfg.tune.n_warmup_steps, 20) == 10
+    assert warmup_steps(cfg.tune.n_warmup_steps, cfg.trainer.max_epochs) == cfg.trainer.max_epochs // 2
+    check_tune_settings(cfg.tune)  # null is allowed
+    OmegaConf.set_struct(cfg, False)
+    cfg.tune.n_warmup_steps = -1
+    with pytest.raises(UsageError, match=r"`tune.n_warmup_steps` must be an integer >= 0 or null"):
+        check_tune_settings(cfg.tune)
 
 
 @pytest.mark.slow

@@ -77,7 +77,9 @@ def test_dropout_left_on_at_evaluation_fails_the_probe_and_dropout_used_right_pa
     pl.seed_everything(0, verbose=False)
     bug = run_preflight(mlp(cls=DropoutAtEval), data, checks=[GradientDependencyProbe()]).results[0]
     assert bug.failed and "randomness is active at evaluation" in bug.message
-    assert bug.details["mixed_inputs"] == 0 and 0.3 < bug.details["changed_at_eval"] <= 1.0  # p=0.5 on 64 units
+    assert (
+        bug.details["mixed_inputs"] == 0 and bug.details["changed_at_eval"] > 0.9
+    )  # p=0.5 on 64 units moves ~every logit
     pl.seed_everything(0, verbose=False)
     clean = run_preflight(mlp(dropout=0.5), data, checks=[GradientDependencyProbe()]).results[0]  # nn.Dropout
     assert clean.passed and clean.details["changed_at_eval"] == 0.0

@@ -135,8 +135,14 @@ def check_tune_settings(t: DictConfig) -> None:
     if t.get("direction") not in ("minimize", "maximize"):
         raise UsageError(f"`tune.direction` must be 'minimize' or 'maximize', got {t.get('direction')!r}.")
     for name in ("n_startup_trials", "n_warmup_steps"):
+        if name == "n_warmup_steps" and t.get(name) is None:
+            continue  # half the trial's epochs (warmup_steps)
         if isinstance(t.get(name), bool) or not isinstance(t.get(name), int) or t.get(name) < 0:
-            raise UsageError(f"`tune.{name}` must be an integer >= 0, got {t.get(name)!r}.")
+            raise UsageError(
+                f"`tune.{name}` must be an integer >= 0"
+                + (" or null (half the epochs)" if name == "n_warmup_steps" else "")
+                + f", got {t.get(name)!r}."
+            )
     for name in ("grid_points", "heartbeat_interval", "grace_period"):
         if isinstance(t.get(name), bool) or not isinstance(t.get(name), int) or t.get(name) < 1:
             raise UsageError(f"`tune.{name}` must be a positive integer, got {t.get(name)!r}.")
@@ -244,6 +250,17 @@ def make_sampler(name: str, seed: int | None, specs: Sequence[ParamSpec], grid_p
                 seed=seed, n_startup_trials=max(n_startup, 1), multivariate=True, constant_liar=True
             )
         return optuna.samplers.GridSampler(grid_space(specs, grid_points), seed=seed)
+
+
+def warmup_steps(n_warmup: int | None, max_epochs: int | None) -> int:
+    """``tune.n_warmup_steps``, where null means half the trial's validations (``max_epochs // 2``; 1 without a length).
+
+    >>> warmup_steps(None, 20), warmup_steps(None, 5), warmup_steps(None, None), warmup_steps(3, 20)
+    (10, 2, 1, 3)
+    """
+    if n_warmup is not None:
+        return n_warmup
+    return max(1, max_epochs // 2) if max_epochs else 1
 
 
 def pruner_config(name: str, n_startup: int, n_warmup: int, max_resource: int | None = None) -> dict[str, Any]:
