@@ -15,7 +15,8 @@ import pytest
 import torch
 from verdict_cases import DropoutAtEval, TimeMajorView, bug_cases, clean_cases
 
-from lightning_tricks import GradientDependencyProbe, InitLossCheck, run_preflight
+from lightning_tricks import GradientDependencyProbe, InitLossCheck, OverfitBatchCheck, run_preflight
+from lightning_tricks.callbacks.overfit_batch_check import frozen_parameters
 from lightning_tricks.data import DigitsDataModule
 from lightning_tricks.models import MLP
 
@@ -92,3 +93,29 @@ def test_a_time_major_view_mixes_samples_and_the_transpose_does_not() -> None:
     # The right model sees sample i only in output i: its outputs for a batch are those of each sample alone.
     alone = torch.cat([right(x[i : i + 1]) for i in range(6)])
     assert torch.allclose(right(x), alone, atol=1e-6) and not torch.allclose(bug(x), alone, atol=1e-3)
+
+
+def test_frozen_parameters_are_counted_by_size() -> None:
+    model = mlp()  # 64 -> 128 -> 64 -> 10
+    assert frozen_parameters(model) == (0.0, [])
+    model.net[:-1].requires_grad_(False)
+    backbone, head = 64 * 128 + 128 + 128 * 64 + 64, 64 * 10 + 10
+    fraction, names = frozen_parameters(model)
+    assert fraction == pytest.approx(backbone / (backbone + head))
+    assert names == ["net.1.weight", "net.1.bias", "net.3.weight", "... 1 more"]
+
+
+@pytest.mark.slow
+def test_a_frozen_backbone_is_named_before_the_learning_rate() -> None:
+    build, _ = bug_cases()["frozen_random_backbone"]
+    case = build()
+    pl.seed_everything(0, verbose=False)
+    result = run_preflight(case.model, case.datamodule, checks=[OverfitBatchCheck()]).results[0]
+    assert result.failed and result.details["frozen_fraction"] == pytest.approx(1680 / 2010)  # convs + norms vs head
+    assert (
+        result.message.startswith("9")
+        and "of the parameters are frozen (requires_grad=False: net.0.weight" in result.message
+    )
+    pl.seed_everything(0, verbose=False)  # the same check on a model that learns: nothing frozen, nothing said
+    clean = run_preflight(mlp(), DigitsDataModule(seed=0), checks=[OverfitBatchCheck()]).results[0]
+    assert clean.passed and clean.details["frozen_fraction"] == 0.0 and "frozen" not in clean.message
