@@ -30,8 +30,23 @@ per trial; the report (``write_report``: trials.csv, best.json, plots, table) on
 
 Baseline: grid search, the sampler the claim is against.
 
+Part 2, ``--pruners``: the pruner at equal compute (issue 17: the old default, a median pruner judging
+from the second validation after 5 start-up trials, pruned 15 of 20 trials, 13 after epoch 2, among
+them the trial with the best epoch-1 loss). The shipped search space (``hparams_search=digits``: lr,
+weight decay, batch size, dropout; AdamW), random sampler, the default metric ``val/loss``, digits MLP,
+``--epochs`` epochs per trial. ``tune`` records a pool of ``--pool`` trials with a pruner that reports
+every validation and prunes nothing; each pruner is then replayed on that pool (``replay``) in
+``--repeats`` random orders: a pruned trial would have reported the first values of its recorded
+curve, since training is seeded, so the replay is the study ``tune`` would run, trial for trial, at
+no training cost. The budget is counted in epochs trained: ``--trials`` full trials; with pruning,
+trials start until they have trained as many epochs (a pruned trial costs the epochs it ran).
+Printed per pruner: best ``val/loss`` found (median [min - max] over the orders), in how many orders it
+beat no pruning (and ties), epochs spent, trials started (pruned).
+
 Usage: python benchmarks/bench_tune_samplers.py [--data digits mnist1d] [--repeats 5] [--trials 16]
        [--epochs 3] [--samplers grid grid_mid random qmc tpe]
+       python benchmarks/bench_tune_samplers.py --pruners [--pool 18] [--epochs 6] [--trials 5] [--repeats 20]
+           [--curves curves.json] [--pruner-names ...]
 """
 
 from __future__ import annotations
@@ -39,8 +54,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import json
 import logging
+import math
 import os
+import random
 import statistics
 import tempfile
 import time
@@ -173,6 +191,126 @@ def run_study(data: str, sampler: str, seed: int, trials: int, epochs: int, root
     }
 
 
+# name -> (tune.pruner, tune.n_startup_trials, tune.n_warmup_steps); "{half}": half the epochs.
+# "median, warm-up 1" is what conf/tune.yaml shipped before issue 17.
+PRUNERS = {
+    "none": ("none", 0, 0),
+    "median, warm-up 1 (old default)": ("median", 5, 1),
+    "median, warm-up half": ("median", 5, "{half}"),
+    "successive_halving, min 1": ("successive_halving", 0, 1),
+    "hyperband, min 1": ("hyperband", 0, 1),
+    "hyperband, min 2": ("hyperband", 0, 2),
+}
+
+
+def record_curves(trials: int, epochs: int, seed: int, root: Path) -> list[tuple[list[float], float]]:
+    """Run ``tune`` with a pruner that reports every validation and never prunes: each trial's curve and value."""
+    overrides = [
+        "data=digits",
+        "model=mlp",
+        "recipe=none",
+        "logger=none",
+        f"trainer.max_epochs={epochs}",
+        "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false",
+        "test=false",
+        f"seed={seed}",
+        "tune.sampler=random",
+        f"tune.seed={seed}",
+        "tune.storage=null",
+        f"tune.n_trials={trials}",
+        "tune.pruner=median",
+        f"tune.n_startup_trials={10**6}",  # reports every validation to the study, prunes nothing
+        f"tune.study_name=bench-pruner-pool-{seed}",
+        f"paths.output_dir={root / f'pool-{seed}'}",
+    ]
+    with initialize_config_module(config_module="lightning_tricks.conf", version_base="1.3"):
+        cfg = compose("tune", overrides=overrides)
+    with contextlib.redirect_stdout(io.StringIO()):
+        study = tune_module.tune(cfg, overrides=[o for o in overrides if not o.startswith(("tune.", "paths."))])
+    curves = []
+    for t in study.trials:
+        if t.state == TrialState.COMPLETE and len(t.intermediate_values) == epochs:
+            curves.append(([t.intermediate_values[step] for step in range(epochs)], t.value))
+    return curves
+
+
+def replay(name: str, curves: list[tuple[list[float], float]], order: list[int], budget: int, epochs: int) -> dict:
+    """Run the study ``tune`` would run with pruner ``name``, the trials' curves replayed in ``order``.
+
+    Exact for sequential in-process trials: training is seeded, so a trial pruned after k validations
+    would have reported the first k values of its recorded curve. The pruner is the one ``tune`` builds
+    (``make_pruner``); trials start until they have trained ``budget`` epochs (or the pool runs out).
+    """
+    kind, startup, warmup = PRUNERS[name]
+    warmup = int(str(warmup).format(half=epochs // 2))
+    study = optuna.create_study(
+        direction="minimize",
+        pruner=study_module.make_pruner(kind, startup, warmup, epochs),
+        study_name=f"replay-{name}",
+    )
+    spent, pruned, best = 0, 0, math.inf
+    for index in order:
+        if spent >= budget:
+            break
+        curve, value = curves[index]
+        trial = study.ask()
+        for step, loss in enumerate(curve):
+            trial.report(loss, step)
+            if kind != "none" and trial.should_prune():
+                study.tell(trial, state=TrialState.PRUNED)
+                spent, pruned = spent + step + 1, pruned + 1
+                break
+        else:
+            study.tell(trial, value)
+            spent, best = spent + epochs, min(best, value)
+    return {"best": best, "spent": spent, "started": len(study.trials), "pruned": pruned}
+
+
+def pruners(args: argparse.Namespace) -> None:
+    budget = args.trials * args.epochs
+    print(
+        f"# pruners at equal compute: best val/loss within {args.trials} x {args.epochs} = {budget} epochs; digits "
+        f"MLP, hparams_search=digits, random sampler; a pool of {args.pool} trials recorded by `tune`, replayed in "
+        f"{args.repeats} random orders\n",
+        flush=True,
+    )
+    if args.curves is not None and Path(args.curves).exists():
+        curves = [(c, v) for c, v in json.loads(Path(args.curves).read_text())]
+        print(f"read {len(curves)} curves from {args.curves}", flush=True)
+    else:
+        with tempfile.TemporaryDirectory(prefix="bench-pruners-") as tmp:
+            start = time.perf_counter()
+            curves = record_curves(args.pool, args.epochs, 0, Path(tmp))
+            print(f"recorded {len(curves)} complete curves in {time.perf_counter() - start:.0f} s", flush=True)
+        if args.curves is not None:
+            Path(args.curves).write_text(json.dumps(curves))
+    finals = sorted(value for _, value in curves)
+    print(f"pool: final val/loss best {finals[0]:.4f}, median {statistics.median(finals):.4f}\n")
+    names = ["none", *(n for n in args.pruner_names if n != "none")]
+    results: dict[str, list[dict]] = {name: [] for name in names}
+    for seed in range(args.repeats):
+        order = random.Random(seed).sample(range(len(curves)), len(curves))
+        for name in names:
+            results[name].append(replay(name, curves, order, budget, args.epochs))
+    print(
+        "| pruner | best val/loss mean | median [min - max] | vs none: better / same / worse | epochs spent "
+        "| trials (pruned) |"
+    )
+    print("|---|---|---|---|---|---|")
+    for name, runs in results.items():
+        pairs = list(zip(runs, results["none"], strict=True))
+        wins = sum(r["best"] < n["best"] for r, n in pairs)
+        ties = sum(r["best"] == n["best"] for r, n in pairs)
+        started = statistics.mean(r["started"] for r in runs)
+        pruned = statistics.mean(r["pruned"] for r in runs)
+        versus = "-" if name == "none" else f"{wins} / {ties} / {len(runs) - wins - ties}"
+        print(
+            f"| {name} | {statistics.mean(r['best'] for r in runs):.4f} | {spread([r['best'] for r in runs], 4)} "
+            f"| {versus} | {statistics.mean(r['spent'] for r in runs):.1f} | {started:.1f} ({pruned:.1f}) |"
+        )
+
+
 def quiet() -> None:
     warnings.filterwarnings("ignore")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -181,8 +319,8 @@ def quiet() -> None:
     os.environ.setdefault("WANDB_MODE", "disabled")
 
 
-def spread(values: list[float]) -> str:
-    return f"{statistics.median(values):.3f} [{min(values):.3f} - {max(values):.3f}]"
+def spread(values: list[float], digits: int = 3) -> str:
+    return f"{statistics.median(values):.{digits}f} [{min(values):.{digits}f} - {max(values):.{digits}f}]"
 
 
 def main() -> None:
@@ -190,10 +328,19 @@ def main() -> None:
     parser.add_argument("--data", nargs="+", default=["digits", "mnist1d"], choices=["digits", "mnist1d"])
     parser.add_argument("--samplers", nargs="+", default=list(SAMPLERS), choices=SAMPLERS)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--trials", type=int, default=16)
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--trials", type=int, default=None, help="default 16; with --pruners 10 (the budget)")
+    parser.add_argument("--epochs", type=int, default=None, help="default 3; with --pruners 8")
+    parser.add_argument("--pruners", action="store_true", help="compare pruners at equal compute (part 2)")
+    parser.add_argument("--pruner-names", nargs="+", default=list(PRUNERS), choices=list(PRUNERS))
+    parser.add_argument("--curves", default=None, help="--pruners: JSON file to keep the recorded curves in (reused)")
+    parser.add_argument("--pool", type=int, default=18, help="--pruners: trials recorded, replayed in random orders")
     args = parser.parse_args()
     quiet()
+    if args.pruners:
+        args.trials, args.epochs = args.trials or 5, args.epochs or 6
+        pruners(args)
+        return
+    args.trials, args.epochs = args.trials or 16, args.epochs or 3
     print(
         f"# tune samplers: best val/acc in {args.trials} trials, {args.epochs} epochs each, "
         f"{args.repeats} repeats (seeds 0..{args.repeats - 1}); 2 of 4 searched keys matter\n",

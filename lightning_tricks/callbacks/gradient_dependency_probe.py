@@ -19,7 +19,10 @@ class GradientDependencyProbe(RecipeCheck):
     failure), with normalisation and dropout layers in eval mode: BatchNorm mixes samples in training
     mode by design, which is not a bug. Integer (token) inputs are probed at the output of the first
     ``nn.Embedding`` (or ``embedding_layer=``). ``causal=True`` also checks that on ``(B, T, ...)``
-    outputs position t does not see inputs at positions > t.
+    outputs position t does not see inputs at positions > t. One more forward pass of the same batch,
+    still in eval mode, must give the same outputs (within ``rtol`` of their scale): an output that
+    also depends on the random stream at inference is dropout left on at evaluation (``F.dropout``
+    without ``training=self.training``) or noise in ``forward``, and fails the check.
 
     Args:
         rtol: relative disagreement above which an input counts as mixed.
@@ -93,6 +96,11 @@ class GradientDependencyProbe(RecipeCheck):
                     "GradientDependencyProbe: the model's output must be a tensor whose first dimension is the batch."
                 )
             report = batch_dependency(outputs, probed, rtol=self.rtol)
+            # The same batch once more, still in eval mode: at inference an output depends on its input only,
+            # not on the random stream too. A second draw of dropout left on changes it.
+            with torch.no_grad():
+                again = logits_of(pl_module(inputs))
+            changed = _changed_fraction(outputs.detach(), again, self.rtol)
             causal = []
             if self.causal and outputs.ndim >= 2 and probed.ndim >= 2:
                 length = min(outputs.shape[1], probed.shape[1])
@@ -104,6 +112,7 @@ class GradientDependencyProbe(RecipeCheck):
             "backward_passes": report.backward_passes,
             "pairs": report.pairs[:20],
             "causal_violations": causal[:20],
+            "changed_at_eval": changed,
         }
         if float(report.input_gradient_norm.max()) == 0.0:
             return CheckResult(
@@ -124,10 +133,30 @@ class GradientDependencyProbe(RecipeCheck):
             )
         if causal:
             problems.append(f"outputs see future positions, e.g. (position, future input) {causal[:6]}.")
+        if changed:
+            problems.append(
+                f"in eval mode, two passes of the same batch gave different outputs ({changed:.0%} of them changed): "
+                "randomness is active at evaluation. Likely causes, in order: 1. dropout left on "
+                "(F.dropout(x, p) without training=self.training, or a Dropout module kept in train mode); "
+                "2. noise or sampling in forward that does not check self.training."
+            )
         measured = float(len(report.mixed_inputs))
+        if problems and not report.mixed_inputs and not causal:
+            measured = changed
         if problems:
             return CheckResult(self.name, False, " ".join(problems), measured, 0.0, details)
         message = f"all {batch_size} outputs depend on their own input only" + (
             " and no future position" if self.causal else ""
         )
         return CheckResult(self.name, True, message, measured, 0.0, details)
+
+
+def _changed_fraction(first: torch.Tensor, second: object, rtol: float) -> float:
+    """The fraction of outputs that differ between two passes by more than ``rtol`` of the outputs' scale."""
+    if not isinstance(second, torch.Tensor) or second.shape != first.shape:
+        return 1.0
+    first, second = first.float(), second.float()
+    scale = float(first.abs().max()) if first.numel() else 0.0
+    if scale == 0.0 or not torch.isfinite(first).all():
+        return 0.0
+    return float(((first - second).abs() > rtol * scale).float().mean())

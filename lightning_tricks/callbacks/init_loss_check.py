@@ -61,15 +61,24 @@ class InitLossCheck(RecipeCheck):
             if self.expected is None and task != "multiclass":
                 raise
             layer_name, layer, bias = None, None, None
-        losses, targets = [], []
+        targets = [self.adapter.inputs_targets(pl_module, batch)[1] for batch in batches]
+        all_targets = torch.cat([t.reshape(t.shape[0], -1) if t.ndim > 1 else t for t in targets])
+        num_outputs = layer.weight.shape[0] if layer is not None and hasattr(layer, "weight") else None
+        details = {
+            "rtol": self.rtol,
+            "num_batches": len(batches),
+            "task": task,
+            "output_layer": layer_name,
+        }
+        too_few = self._too_few_outputs(task, all_targets, num_outputs, layer_name, details)
+        if too_few is not None:
+            return too_few
+        losses = []
         with preserved(pl_module), torch.no_grad():
             pl_module.eval()
             for batch in batches:
                 losses.append(as_float(self.adapter.batch_loss(pl_module, batch)))
-                targets.append(self.adapter.inputs_targets(pl_module, batch)[1])
         measured = sum(losses) / len(losses)
-        all_targets = torch.cat([t.reshape(t.shape[0], -1) if t.ndim > 1 else t for t in targets])
-        num_outputs = layer.weight.shape[0] if layer is not None and hasattr(layer, "weight") else None
         # The prior-loss of the bias is expected only when the bias was set from the data; any other
         # bias (a default init, or one scaled up by mistake) is held to the zero-bias value.
         from_data = isinstance(bias, torch.Tensor) and bias_matches_targets(task, all_targets, bias)
@@ -79,16 +88,30 @@ class InitLossCheck(RecipeCheck):
             else expected_init_loss(task, all_targets, bias if from_data else None, num_outputs)
         )
         passed = math.isfinite(measured) and abs(measured - expected) <= self.rtol * abs(expected)
-        details = {
-            "rtol": self.rtol,
-            "num_batches": len(batches),
-            "task": task,
-            "output_layer": layer_name,
-            "bias_from_data": bool(from_data),
-        }
+        details["bias_from_data"] = bool(from_data)
         head = f"initial loss {measured:.4g}, expected {expected:.4g} (±{self.rtol:.0%}, {task})"
         if passed:
             return CheckResult(self.name, True, head, measured, expected, details)
         return CheckResult(
             self.name, False, f"{head}. {likely_cause(task, measured, expected)}", measured, expected, details
         )
+
+    def _too_few_outputs(self, task, targets, num_outputs, layer_name, details) -> CheckResult | None:
+        """FAIL before any loss is computed when class labels reach past the output layer (the wrong class count).
+
+        Cross-entropy would raise an index error on CPU (or a device-side assert on GPU) that does not say
+        which number is wrong. Negative labels are ignore indices (``-100``), not classes.
+        """
+        if task != "multiclass" or num_outputs is None or targets.is_floating_point() or targets.numel() == 0:
+            return None
+        largest = int(targets.max())
+        if largest < num_outputs:
+            return None
+        details["largest_label"] = largest
+        message = (
+            f"labels go up to {largest} ({largest + 1}+ classes), but the output layer {layer_name!r} has "
+            f"{num_outputs} outputs: the wrong class count. Likely causes, in order: 1. num_outputs/num_classes "
+            f"set for another data set; 2. labels numbered from 1 instead of 0; 3. an ignore/padding label that "
+            f"is not negative."
+        )
+        return CheckResult(self.name, False, message, float(largest + 1), float(num_outputs), details)

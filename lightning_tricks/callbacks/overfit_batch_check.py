@@ -84,6 +84,19 @@ class Attempt:
         return f"{self.start:.4g} -> {self.end:.4g}" + (" (went up)" if self.end > self.start else "")
 
 
+def frozen_parameters(module: nn.Module, names: int = 3) -> tuple[float, list[str]]:
+    """The fraction of the parameters (by count) with ``requires_grad=False``, and the first few such tensors."""
+    total = frozen = 0
+    which = []
+    for name, p in module.named_parameters():
+        total += p.numel()
+        if not p.requires_grad:
+            frozen += p.numel()
+            which.append(name)
+    shown = which[:names] + ([f"... {len(which) - names} more"] if len(which) > names else [])
+    return (frozen / total if total else 0.0), shown
+
+
 #: The fewest steps whose curve can show a trend (its last quarter needs 3 points to fit a slope).
 MIN_TREND_STEPS = 12
 
@@ -211,7 +224,16 @@ class OverfitBatchCheck(RecipeCheck):
                 attempts.append(self._attempt(pl_module, batch, task, factor))
                 if attempts[-1].solved_at is not None:
                     break
-        return self._verdict(attempts, n)
+        result = self._verdict(attempts, n)
+        frozen = frozen_parameters(pl_module)
+        result.details["frozen_fraction"] = frozen[0]
+        if not result.passed and frozen[0] >= 0.5:
+            # Evidence that outranks the curves: most of the model cannot learn, whatever the LR.
+            result.message = (
+                f"{frozen[0]:.0%} of the parameters are frozen (requires_grad=False: {', '.join(frozen[1])}): unless "
+                f"that is meant (a pretrained backbone), it is the likely cause. {result.message}"
+            )
+        return result
 
     def _verdict(self, attempts: list[Attempt], n: int) -> CheckResult:
         yours, fits = attempts[0], next((a for a in attempts if a.solved_at is not None), None)

@@ -38,6 +38,7 @@ from lightning_tricks.tuning.study import (
     run_worker,
     split_config,
     train_overrides,
+    warmup_steps,
 )
 
 log = logging.getLogger("lightning_tricks.tuning.study")
@@ -70,7 +71,12 @@ def tune(cfg: DictConfig, overrides: Sequence[str] | None = None) -> optuna.Stud
         # Another worker (or an earlier run) uses `seed`: a different stream, so its trials are not copied.
         seed = zlib.crc32(f"{seed}-{os.getpid()}-{time.time_ns()}".encode())
     study.sampler = make_sampler(t.sampler, seed, specs, t.grid_points, t.n_startup_trials)
-    study.pruner = make_pruner(t.pruner, t.n_startup_trials, t.n_warmup_steps)
+    # The validations of a full trial (one per epoch), when the trainer says: Hyperband's largest budget,
+    # and what a null warm-up is half of.
+    max_resource = train_cfg.trainer.get("max_epochs")
+    max_resource = max_resource if isinstance(max_resource, int) and max_resource > 0 else None
+    warmup = warmup_steps(t.n_warmup_steps, max_resource)
+    study.pruner = make_pruner(t.pruner, t.n_startup_trials, warmup, max_resource)
     done = counted(study.get_trials(deepcopy=False))
     log.info(
         "tune: study %r (%s) %s, %d of %d trials counted; storage %s",
@@ -88,7 +94,7 @@ def tune(cfg: DictConfig, overrides: Sequence[str] | None = None) -> optuna.Stud
         metric=t.metric,
         fixed=fixed,
         pruning_monitor=None if t.pruner == "none" else t.pruning_monitor,
-        pruner=pruner_config(t.pruner, t.n_startup_trials, t.n_warmup_steps),
+        pruner=pruner_config(t.pruner, t.n_startup_trials, warmup, max_resource),
         trial_process=t.trial_process,
         base_overrides=base,
         storage_url=None if storage_url is None else _absolute_sqlite(storage_url),

@@ -58,7 +58,7 @@ from lightning_tricks.utilities.arguments import UsageError
 log = logging.getLogger(__name__)
 
 SAMPLERS = ("random", "qmc", "tpe", "grid")
-PRUNERS = ("none", "median")
+PRUNERS = ("none", "median", "successive_halving", "hyperband")
 TRIAL_PROCESSES = ("auto", "inprocess", "subprocess")
 RESULT_ENV = "LIGHTNING_TRICKS_RESULT_FILE"
 _TUNE_ONLY = ("tune", "hparams_search", "hydra", "paths")  # overrides that are not train's
@@ -135,8 +135,14 @@ def check_tune_settings(t: DictConfig) -> None:
     if t.get("direction") not in ("minimize", "maximize"):
         raise UsageError(f"`tune.direction` must be 'minimize' or 'maximize', got {t.get('direction')!r}.")
     for name in ("n_startup_trials", "n_warmup_steps"):
+        if name == "n_warmup_steps" and t.get(name) is None:
+            continue  # half the trial's epochs (warmup_steps)
         if isinstance(t.get(name), bool) or not isinstance(t.get(name), int) or t.get(name) < 0:
-            raise UsageError(f"`tune.{name}` must be an integer >= 0, got {t.get(name)!r}.")
+            raise UsageError(
+                f"`tune.{name}` must be an integer >= 0"
+                + (" or null (half the epochs)" if name == "n_warmup_steps" else "")
+                + f", got {t.get(name)!r}."
+            )
     for name in ("grid_points", "heartbeat_interval", "grace_period"):
         if isinstance(t.get(name), bool) or not isinstance(t.get(name), int) or t.get(name) < 1:
             raise UsageError(f"`tune.{name}` must be a positive integer, got {t.get(name)!r}.")
@@ -246,17 +252,48 @@ def make_sampler(name: str, seed: int | None, specs: Sequence[ParamSpec], grid_p
         return optuna.samplers.GridSampler(grid_space(specs, grid_points), seed=seed)
 
 
-def pruner_config(name: str, n_startup: int, n_warmup: int) -> dict[str, Any]:
-    """The pruner as a Hydra node: a ``train`` subprocess rebuilds the same pruner from its config."""
+def warmup_steps(n_warmup: int | None, max_epochs: int | None) -> int:
+    """``tune.n_warmup_steps``, where null means half the trial's validations (``max_epochs // 2``; 1 without a length).
+
+    >>> warmup_steps(None, 20), warmup_steps(None, 5), warmup_steps(None, None), warmup_steps(3, 20)
+    (10, 2, 1, 3)
+    """
+    if n_warmup is not None:
+        return n_warmup
+    return max(1, max_epochs // 2) if max_epochs else 1
+
+
+def pruner_config(name: str, n_startup: int, n_warmup: int, max_resource: int | None = None) -> dict[str, Any]:
+    """The pruner as a Hydra node: a ``train`` subprocess rebuilds the same pruner from its config.
+
+    Steps are validations (one per epoch by default). ``n_warmup``: validations before a trial can be
+    pruned (the median pruner's ``n_warmup_steps``; the halving pruners' first rung, ``min_resource``,
+    at least 1). ``n_startup``: trials that finish before the median pruner judges. ``max_resource``:
+    the validations of a full trial (``trainer.max_epochs``), Hyperband's largest budget.
+    """
     if name == "median":
         return {"_target_": "optuna.pruners.MedianPruner", "n_startup_trials": n_startup, "n_warmup_steps": n_warmup}
+    if name == "successive_halving":
+        return {
+            "_target_": "optuna.pruners.SuccessiveHalvingPruner",
+            "min_resource": max(1, n_warmup),
+            "reduction_factor": 3,
+            "min_early_stopping_rate": 0,
+        }
+    if name == "hyperband":
+        return {
+            "_target_": "optuna.pruners.HyperbandPruner",
+            "min_resource": max(1, n_warmup),
+            "max_resource": "auto" if max_resource is None else max(max_resource, max(1, n_warmup)),
+            "reduction_factor": 3,
+        }
     return {"_target_": "optuna.pruners.NopPruner"}
 
 
-def make_pruner(name: str, n_startup: int, n_warmup: int) -> optuna.pruners.BasePruner:
+def make_pruner(name: str, n_startup: int, n_warmup: int, max_resource: int | None = None) -> optuna.pruners.BasePruner:
     from hydra.utils import instantiate
 
-    return instantiate(pruner_config(name, n_startup, n_warmup))
+    return instantiate(pruner_config(name, n_startup, n_warmup, max_resource))
 
 
 def make_storage(url: str | None, heartbeat_interval: int = 10, grace_period: int = 30) -> Any:
