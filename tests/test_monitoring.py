@@ -62,7 +62,7 @@ def test_under_ddp_ranks_agree_and_nothing_hangs(tmp_path: Path) -> None:
     rank0, rank1 = run_ddp(all_on_ranks, str(tmp_path), devices=2, timeout=240)
     assert rank0 == rank1
     assert [e["val_count"] for e in rank0["full"]] == [270, 270]  # the whole val set, once, on both ranks
-    names = sorted(p.name.split("_step")[0] for p in (tmp_path / "csv" / "media").iterdir())
+    names = sorted(p.stem.split("_step")[0] for p in (tmp_path / "csv" / "media").iterdir())
     assert set(names) >= {
         "tricks_first_layer_filters",
         "tricks_activations_heatmap",
