@@ -37,7 +37,11 @@ def launch(tmp_path: Path, how: str, *job_args: str) -> list[dict]:
         folder = tmp_path / f"node{node}"
         folder.mkdir(exist_ok=True)
         env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WANDB_MODE": "offline"}
-        env.pop("LOCAL_RANK", None)
+        # Nothing of another run's distributed setup (a Trainer in this process sets some of these).
+        for name in [n for n in env if n.startswith(("SLURM_", "TORCHELASTIC_", "PL_"))]:
+            env.pop(name)
+        for name in ("LOCAL_RANK", "RANK", "WORLD_SIZE", "NODE_RANK", "GROUP_RANK", "LOCAL_WORLD_SIZE"):
+            env.pop(name, None)
         if how == "torchrun":
             command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(node),
                        "--nproc-per-node", "1", "--master-addr", "127.0.0.1", "--master-port", str(port),
