@@ -104,7 +104,7 @@ def test_two_nodes(tmp_path: Path, how: str) -> None:
     assert (node0 / "logs" / "metrics.csv").is_file()
     assert list((node0 / "logs").rglob("report.md"))  # DataInspection's report
     # One W&B run, with the media (DataInspection's figures) once, in it.
-    (wandb_run,) = (node0 / "logs" / "wandb").glob("offline-run-*-twonodes")
+    (wandb_run,) = (node0 / "logs" / "wandb").glob("offline-run-*-twonodes*")
     assert list(wandb_run.rglob("media/**/*.png"))
 
     if how == "torchrun":
@@ -118,6 +118,6 @@ def test_two_nodes(tmp_path: Path, how: str) -> None:
         assert [r["weights_sum"] for r in again] == [ranks[0]["weights_sum"]] * 2
         assert again[0]["full_loss"] == ranks[0]["full_loss"]
         assert (
-            len(list((resumed / "node0" / "logs" / "wandb").glob("offline-run-*-twonodes"))) == 2
+            len(list((resumed / "node0" / "logs" / "wandb").glob("offline-run-*-twonodes*"))) == 2
         )  # 1 run, 2 sessions
         assert sorted(p.name for p in (resumed / "node1").rglob("*") if p.is_file()) == ["result-1.json"]

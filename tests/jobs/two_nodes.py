@@ -9,8 +9,10 @@ Usage: two_nodes.py <folder> [<epochs> [<checkpoint to resume from>]]
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
+from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
@@ -31,6 +33,12 @@ from lightning_tricks import (
 )
 from lightning_tricks.data import DigitsDataModule
 from lightning_tricks.models import MLP
+
+
+def run_id(out: str) -> str:
+    """One W&B id per test run (its folder above the nodes'), the same for a resume of it: ids in use elsewhere
+    on the machine (another test run at the same time) are refused by W&B."""
+    return "twonodes" + hashlib.sha1(str(Path(out).resolve().parent).encode()).hexdigest()[:8]
 
 
 def main(out: str, epochs: int = 2, ckpt_path: str | None = None) -> None:
@@ -62,7 +70,7 @@ def main(out: str, epochs: int = 2, ckpt_path: str | None = None) -> None:
         # W&B offline: one run, created by global rank 0 only (a resume continues it: same id).
         logger=[
             CSVLogger("logs", name="", version=""),
-            WandbLogger(save_dir="logs", offline=True, id="twonodes", resume="allow", project="two-nodes"),
+            WandbLogger(save_dir="logs", offline=True, id=run_id(out), resume="allow", project="two-nodes"),
         ],
         enable_progress_bar=False,
         enable_model_summary=False,
