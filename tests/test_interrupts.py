@@ -248,4 +248,7 @@ def test_kill_9_at_a_random_step_then_resume_from_last_ckpt_is_bit_identical(
     resumed_dir = tmp_path / "resumed"
     code, _, err = finish(start(resumed_dir, *TRAIN, *every, f"ckpt_path={last}"), resumed_dir)
     assert code == 0, f"{context}\n{err[-3000:]}"
-    assert same_weights(final_weights(resumed_dir), uninterrupted), context
+    # Killed after the last training step (the machine was slow to deliver the kill): the resume has nothing
+    # left to train and writes no checkpoint; the killed run's last.ckpt then holds the final weights.
+    final = resumed_dir if (resumed_dir / "checkpoints" / "last.ckpt").is_file() else run_dir
+    assert same_weights(final_weights(final), uninterrupted), context
