@@ -116,12 +116,14 @@ def test_preflight_command_passes_the_default_model_and_fails_a_crippled_one(tmp
     assert overfit["verdict"] == "inconclusive" and "max_steps=300" in overfit["message"]
 
 
+@pytest.mark.slow  # a subprocess command run: seconds each, in `make test`
 def test_unknown_group_option_lists_the_available_ones(tmp_path: Path) -> None:
     proc = cli("train", "data=cifar10", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert proc.returncode != 0
     assert "Could not find 'data/cifar10'" in proc.stderr and "digits" in proc.stderr and "mnist1d" in proc.stderr
 
 
+@pytest.mark.slow  # a subprocess command run: seconds each, in `make test`
 def test_negative_learning_rate_fails_before_training_and_keeps_files(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     (run_dir / "checkpoints").mkdir(parents=True)
@@ -142,6 +144,7 @@ def test_negative_learning_rate_fails_before_training_and_keeps_files(tmp_path: 
         ("ckpt_path=nowhere.ckpt", "`ckpt_path` must be an existing checkpoint file to resume from"),
     ],
 )
+@pytest.mark.slow  # a subprocess command run: seconds each, in `make test`
 def test_bad_run_settings_fail_before_training(tmp_path: Path, override: str, message: str) -> None:
     run_dir = tmp_path / "run"
     proc = cli("train", "logger=csv", override, f"hydra.run.dir={run_dir}", cwd=tmp_path)
@@ -149,6 +152,7 @@ def test_bad_run_settings_fail_before_training(tmp_path: Path, override: str, me
     assert not (run_dir / "csv").exists() and not (run_dir / "checkpoints").exists()
 
 
+@pytest.mark.slow  # a subprocess command run: seconds each, in `make test`
 def test_unknown_task_name_is_a_clear_error(tmp_path: Path) -> None:
     proc = cli("train", "data=synthetic/classification", "data.task=clasification", cwd=tmp_path)
     assert proc.returncode != 0

@@ -15,11 +15,13 @@ def never_launches(devices: int) -> str:
     return "ran on one process only"  # builds no DDP Trainer: rank 1 never exists
 
 
+@pytest.mark.slow  # a subprocess command run: seconds each, in `make test`
 def test_a_failing_job_raises_with_its_traceback() -> None:
     with pytest.raises(DDPRunError, match=r"(?s)exit code 1.*RuntimeError: planted failure"):
         run_ddp(raises_before_fit, "planted failure", timeout=120)
 
 
+@pytest.mark.slow  # a subprocess command run: seconds each, in `make test`
 def test_a_job_that_is_not_distributed_is_reported() -> None:
     with pytest.raises(DDPRunError, match=r"no result from rank 1 \(did `fn` build Trainer"):
         run_ddp(never_launches, timeout=120)

@@ -168,6 +168,7 @@ def rank_local_metric(devices: int) -> dict:
     return out
 
 
+@pytest.mark.slow  # a subprocess command run: seconds each, in `make test`
 def test_ddp_rank_local_metric_gives_one_decision_on_every_rank() -> None:
     rank0, rank1 = run_ddp(rank_local_metric, devices=2)
     mean = [(a + b) / 2 for a, b in zip(*RANK_LOSSES, strict=True)]

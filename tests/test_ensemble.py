@@ -273,6 +273,7 @@ def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
     return proc
 
 
+@pytest.mark.slow  # a subprocess command run: seconds each, in `make test`
 def test_command_rejects_a_glob_that_matches_nothing(tmp_path: Path) -> None:
     proc = cli("ensemble", "checkpoints=nowhere/*.ckpt", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert proc.returncode == 2 and "the glob 'nowhere/*.ckpt' matches no file" in proc.stderr

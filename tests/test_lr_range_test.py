@@ -302,6 +302,7 @@ def test_two_ranks_read_one_curve_and_use_one_suggestion() -> None:
     assert torch.equal(rank0["weights"], rank1["weights"])
 
 
+@pytest.mark.slow  # a subprocess command run: seconds each, in `make test`
 def test_lr_find_command_prints_and_saves_the_suggestion(tmp_path: Path) -> None:
     import json
     import subprocess

@@ -35,6 +35,7 @@ def contents(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
 
 
+@pytest.mark.slow  # a subprocess command run: seconds each, in `make test`
 def test_train_with_a_missing_ckpt_path(tmp_path: Path) -> None:
     proc = cli("train", "logger=csv", "ckpt_path=runs/last.ckpt", cwd=tmp_path)
     line = assert_one_line_usage_error(proc, "`ckpt_path`", "'runs/last.ckpt'", "an existing checkpoint file")
@@ -56,18 +57,21 @@ def search_spaces(tmp_path: Path) -> Path:
     return folder.parent
 
 
+@pytest.mark.slow  # a subprocess command run: seconds each, in `make test`
 def test_tune_with_a_search_space_key_the_config_lacks(tmp_path: Path, search_spaces: Path) -> None:
     proc = cli("tune", "--config-dir", str(search_spaces), "hparams_search=typo", cwd=tmp_path)
     assert_one_line_usage_error(proc, "`model.optimizer.lrr`: no such key", "Did you mean ['model.optimizer.lr'")
     assert contents(tmp_path) == contents(search_spaces.parent)  # no outputs/tune/typo/, no study.db
 
 
+@pytest.mark.slow  # a subprocess command run: seconds each, in `make test`
 def test_tune_with_a_reversed_range(tmp_path: Path, search_spaces: Path) -> None:
     proc = cli("tune", "--config-dir", str(search_spaces), "hparams_search=reversed", cwd=tmp_path)
     assert_one_line_usage_error(proc, "`model.optimizer.lr`", "`low` (0.01) must not exceed `high` (0.0001)")
     assert contents(tmp_path) == contents(search_spaces.parent)
 
 
+@pytest.mark.slow  # a subprocess command run: seconds each, in `make test`
 def test_ensemble_of_members_trained_on_different_splits(tmp_path: Path) -> None:
     """Two runs of `train -m seed=1,2 data.seed=1,2`: each has its own test set."""
     for seed in (1, 2):
@@ -99,6 +103,7 @@ def test_a_run_folder_that_existed_before_is_kept(tmp_path: Path) -> None:
     assert (kept / "checkpoints" / "last.ckpt").read_bytes() == b"an earlier run's checkpoint"
 
 
+@pytest.mark.slow  # a subprocess command run: seconds each, in `make test`
 def test_any_other_exception_keeps_its_traceback_and_the_run_folder(tmp_path: Path) -> None:
     """Not a UsageError (here a bug in a user's callback): Hydra's traceback, exit code 1, the folder kept."""
     (tmp_path / "buggy.py").write_text(
