@@ -135,8 +135,9 @@ class Clock:
             tune_module.write_report = report
 
 
-def study_config(data: str, sampler: str, seed: int, trials: int, epochs: int, out: Path):
-    overrides = [
+def quiet_trials(data: str, epochs: int, seed: int) -> list[str]:
+    """The train overrides every benchmarked study shares: the MLP on ``data``, no recipe, no logger, no test."""
+    return [
         f"data={data}",
         "model=mlp",
         "recipe=none",
@@ -146,6 +147,12 @@ def study_config(data: str, sampler: str, seed: int, trials: int, epochs: int, o
         "trainer.enable_model_summary=false",
         "test=false",
         f"seed={seed}",
+    ]
+
+
+def study_config(data: str, sampler: str, seed: int, trials: int, epochs: int, out: Path):
+    overrides = [
+        *quiet_trials(data, epochs, seed),
         f"tune.sampler={'grid' if sampler == 'grid_mid' else sampler}",
         f"tune.seed={seed}",
         "tune.pruner=none",
@@ -206,15 +213,7 @@ PRUNERS = {
 def record_curves(trials: int, epochs: int, seed: int, root: Path) -> list[tuple[list[float], float]]:
     """Run ``tune`` with a pruner that reports every validation and never prunes: each trial's curve and value."""
     overrides = [
-        "data=digits",
-        "model=mlp",
-        "recipe=none",
-        "logger=none",
-        f"trainer.max_epochs={epochs}",
-        "trainer.enable_progress_bar=false",
-        "trainer.enable_model_summary=false",
-        "test=false",
-        f"seed={seed}",
+        *quiet_trials("digits", epochs, seed),
         "tune.sampler=random",
         f"tune.seed={seed}",
         "tune.storage=null",
