@@ -6,6 +6,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # torch first and alone: this pin resolves to the CPU wheel; an open `torch` requirement pulls CUDA (GBs).
 TORCH ?= torch==2.13.0
+# Test processes: one per core, at most 4 (pytest-xdist; 2 on the 2-core CI). PYTEST_WORKERS=0: one process.
+PYTEST_WORKERS ?= auto
+PYTEST := $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist worksteal --maxprocesses 4
 PIP := $(BIN)/python -m pip install --disable-pip-version-check -q -c requirements/constraints.txt
 
 .PHONY: setup setup-dev demo test test-fast lint format constraints clean
@@ -36,11 +39,11 @@ demo: setup
 test: setup-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	WANDB_MODE=offline $(BIN)/python -m pytest $(PYTEST_ARGS)
+	WANDB_MODE=offline $(PYTEST) $(PYTEST_ARGS)
 
 # Day-to-day: skip the slow end-to-end tests.
 test-fast: setup-dev
-	WANDB_MODE=offline $(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	WANDB_MODE=offline $(PYTEST) -m "not slow" $(PYTEST_ARGS)
 
 lint: setup-dev
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

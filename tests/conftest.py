@@ -24,6 +24,18 @@ TINY = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def _no_inherited_wandb_service() -> Iterator[None]:
+    """A W&B run in this process starts a W&B service and puts its address in ``WANDB_SERVICE``; every
+    subprocess a later test starts (torchrun jobs, CLI runs) would then inherit it and share this process's
+    service, which still holds the ids of runs whose processes have ended ("run ID ... is in use" on a resume
+    with the same id). Each subprocess starts its own service, as in a user's shell; this process keeps its
+    connection (W&B caches it), so in-process runs are unaffected."""
+    os.environ.pop("WANDB_SERVICE", None)
+    yield
+    os.environ.pop("WANDB_SERVICE", None)
+
+
 @pytest.fixture
 def compose_train(tmp_path: Path) -> Callable[..., object]:
     """Compose the installed `train` config (conf/) with overrides, output under tmp_path."""

@@ -10,14 +10,17 @@ constraints file, as `make setup` does.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import venv
+import zipfile
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+COPY_IGNORE = (".venv", ".git", "build", "dist", "*.egg-info", "outputs", "multirun", "wandb", "__pycache__", ".*cache")
 # Small and fast: synthetic data, one epoch, the default recipe's checks on short budgets.
 TINY = ["data=synthetic/classification", "data.num_samples=400", "trainer.max_epochs=1", "logger=csv"]
 
@@ -34,9 +37,15 @@ def sh(args: list[str], cwd: Path, timeout: float = 600) -> subprocess.Completed
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh venv's bin folder with the built wheel installed (runtime and `cli` dependencies only)."""
     root = tmp_path_factory.mktemp("installed")
-    sh([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(root), str(REPO)],
+    # Built from a copy: setuptools writes build/ and *.egg-info next to the sources, and the checkout is
+    # not the tests' to write in (another test process may be building or importing from it).
+    source = root / "source"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(*COPY_IGNORE))
+    sh([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(root), str(source)],
        cwd=root)  # fmt: skip
     (wheel,) = root.glob("lightning_tricks-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()  # the configs ship in the wheel (Hydra finds them there)
+    assert {"lightning_tricks/conf/train.yaml", "lightning_tricks/conf/data/synthetic/imbalanced.yaml"} <= set(names)
     venv.EnvBuilder(with_pip=True).create(root / "venv")
     python = str(root / "venv" / "bin" / "python")
     pip = [python, "-m", "pip", "install", "--disable-pip-version-check", "-q"]
@@ -55,6 +64,8 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.timeout(2400)
 def test_every_command_and_example_runs_from_the_installed_wheel(installed: Path, tmp_path: Path) -> None:
     cli = str(installed / "lightning-tricks")
+    conf = sh([str(installed / "python"), "-c", "import lightning_tricks.conf as c; print(c.__file__)"], cwd=tmp_path)
+    assert conf.stdout.strip().startswith(str(installed.parent))  # the installed copy, not this checkout
     run = tmp_path / "run"
     out = sh([cli, "train", *TINY, f"hydra.run.dir={run}"], cwd=tmp_path).stdout
     assert "lightning-tricks: run finished" in out and (run / "report.html").is_file()
