@@ -13,6 +13,16 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("WANDB_DISABLE_GIT", "true")
 
+# One thread per test process under pytest-xdist (`make test` runs one worker per core): two workers with
+# torch's default (a thread per core each), and their DDP and CLI subprocesses, oversubscribe the cores and
+# ran the suite slower than one process. Subprocesses inherit it through OMP_NUM_THREADS (Lightning's DDP
+# launcher keeps a value the user set).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    import torch
+
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
 REPO = Path(__file__).resolve().parents[1]
 
 # Overrides that shrink the real config for CPU tests.

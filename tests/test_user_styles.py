@@ -190,6 +190,62 @@ def pad_collate(items: list[dict]) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": (ids != 0).long(), "labels": torch.stack([i["labels"] for i in items])}
 
 
+class PackedGRU(InlineLoss):
+    """A GRU over a packed sequence: batches are ``(token ids, lengths, labels)``. The convention would
+    read ``lengths`` as the targets, so the module says how its batches split (``split_batch``) and its
+    forward takes the inputs it returns, ``(ids, lengths)``, as one argument."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        del self.net
+        self.embedding = nn.Embedding(VOCAB, 16, padding_idx=0)
+        self.gru = nn.GRU(16, 16, batch_first=True)
+        self.classifier = nn.Linear(16, C)
+
+    def split_batch(self, batch: tuple) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+        ids, lengths, labels = batch
+        return (ids, lengths), labels
+
+    def forward(self, inputs: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        ids, lengths = inputs
+        packed = nn.utils.rnn.pack_padded_sequence(self.embedding(ids), lengths.cpu(), batch_first=True,
+                                                   enforce_sorted=False)  # fmt: skip
+        _, hidden = self.gru(packed)
+        return self.classifier(hidden[-1])
+
+    def training_step(self, batch: tuple, batch_idx: int) -> torch.Tensor:
+        inputs, labels = self.split_batch(batch)
+        loss = F.cross_entropy(self(inputs), labels)
+        self.log("train_loss", loss)
+        return loss
+
+    def validation_step(self, batch: tuple, batch_idx: int) -> None:
+        inputs, labels = self.split_batch(batch)
+        self.log("val_loss", F.cross_entropy(self(inputs), labels))
+
+
+def packed_collate(items: list[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(padded ids, lengths, labels)``: what a packed-sequence model's collate returns."""
+    ids = nn.utils.rnn.pad_sequence([item["input_ids"] for item in items], batch_first=True)
+    lengths = torch.tensor([len(item["input_ids"]) for item in items])
+    return ids, lengths, torch.stack([item["labels"] for item in items])
+
+
+class Segmentation(InlineLoss):
+    """Per-pixel classes: ``(N, C, H, W)`` logits against ``(N, H, W)`` targets, a 1x1 convolution as the
+    head. The head is a convolution, not an ``nn.Linear``, so the module names it (``output_layer_name``)."""
+
+    output_layer_name = "head"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU())
+        self.head = nn.Conv2d(8, C, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.net(x))
+
+
 class Multilabel(InlineLoss):
     """Several 0/1 labels per sample, BCE with logits inline."""
 
@@ -265,12 +321,17 @@ def loaders(style: str) -> tuple[DataLoader, DataLoader]:
         y = (x[:, 0] > 0).float()
     elif style == "multilabel":
         y = (x[:, :C] > 0).float()
-    if style == "padded_tokens":
+    if style in ("padded_tokens", "packed_gru"):
         train, val = Sentences(128, 0), Sentences(64, 1)
+        collate = pad_collate if style == "padded_tokens" else packed_collate
         return (
-            DataLoader(train, batch_size=32, shuffle=True, collate_fn=pad_collate),
-            DataLoader(val, batch_size=24, collate_fn=pad_collate),
+            DataLoader(train, batch_size=32, shuffle=True, collate_fn=collate),
+            DataLoader(val, batch_size=24, collate_fn=collate),
         )
+    if style == "segmentation":  # a pixel's class is its intensity's quartile: learnable pixel by pixel
+        images = torch.randn(N, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+        masks = torch.bucketize(images[:, 0], torch.tensor([-0.67, 0.0, 0.67]))
+        x, y = images, masks
     if style == "dict":
         train, val = DictDataset(x[:128], y[:128]), DictDataset(x[128:], y[128:])
     else:
@@ -285,6 +346,8 @@ MODELS = {
     "binary": SqueezedBinary,
     "lazy_datamodule": InlineLoss,
     "padded_tokens": PaddedTokens,
+    "packed_gru": PackedGRU,
+    "segmentation": Segmentation,
     "multilabel": Multilabel,
     "one_cycle_two_groups": OneCycleTwoGroups,
     "accumulate_4": InlineLoss,
@@ -494,7 +557,7 @@ def test_bias_init_finds_the_output_layer_by_call_order() -> None:
     assert model.head.bias.shape == (C,)
 
 
-def all_callbacks_in_ddp(style: str, devices: int) -> dict[str, Any]:
+def all_callbacks(style: str, devices: int) -> dict[str, Any]:
     """Every callback of the matrix in one fit (one process, or a DDP rank); what each found."""
     callbacks = {name: make() for name, (make, _) in CALLBACKS.items()}
     strategy = {"strategy": "ddp", "devices": devices} if devices > 1 else {"devices": 1}
@@ -505,23 +568,28 @@ def all_callbacks_in_ddp(style: str, devices: int) -> dict[str, Any]:
     return {"checks": checks, "ran": ran, "val": full["val"], "count": full["val_count"]}
 
 
+def every_style(devices: int) -> dict[str, dict[str, Any]]:
+    """:func:`all_callbacks` for every style, in one process group: one launch for the whole matrix."""
+    return {style: all_callbacks(style, devices) for style in sorted(MODELS)}
+
+
 @pytest.mark.slow
+@pytest.mark.timeout(600)
 @pytest.mark.filterwarnings("ignore::UserWarning")
-@pytest.mark.parametrize("style", ["fit_loaders", "dict"])
-def test_every_callback_in_two_process_ddp(style: str) -> None:
+def test_every_callback_on_every_style_in_two_process_ddp() -> None:
     from lightning_tricks.testing import run_ddp
 
-    one = all_callbacks_in_ddp(style, devices=1)
-    ranks = run_ddp(all_callbacks_in_ddp, style)
+    ranks = run_ddp(every_style)
     assert len(ranks) == 2
-    for rank in ranks:
-        assert all(rank["ran"].values()), rank["ran"]
-        assert rank["checks"] == ranks[0]["checks"]  # the same verdicts on every rank
-        # The exact, unpadded validation loss: 64 samples counted once each, as in one process.
-        assert rank["count"] == one["count"] == 64
-    # Two ranks train on different halves of each batch, so only the count is closed-form across the
-    # two runs; within the DDP run both ranks report the same exact mean.
-    assert ranks[0]["val"] == ranks[1]["val"]
+    for style in MODELS:
+        first, second = ranks[0][style], ranks[1][style]
+        for rank in (first, second):
+            assert all(rank["ran"].values()), (style, rank["ran"])
+            # The exact, unpadded validation loss: the 64 validation samples counted once each (24 + 24 + 16
+            # in batches of 24, split over two ranks), as in one process.
+            assert rank["count"] == 64, (style, rank["count"])
+        assert first["checks"] == second["checks"], style  # the same verdicts on every rank
+        assert first["val"] == second["val"], style  # and the same exact mean
 
 
 def test_test_time_augmentation_on_an_inline_loss_module() -> None:

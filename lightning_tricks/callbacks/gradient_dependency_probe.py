@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import lightning.pytorch as pl
 import torch
 from torch import nn
@@ -61,16 +63,27 @@ class GradientDependencyProbe(RecipeCheck):
             "at; pass `embedding_layer=` naming the layer that turns them into vectors."
         )
 
-    def probe(self, pl_module: nn.Module, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(outputs, probed)``: the outputs and the leaf tensor (inputs or embeddings) they are differentiated by."""
-        if not isinstance(inputs, torch.Tensor):
+    def probe(self, pl_module: nn.Module, inputs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(outputs, probed)``: the outputs and the leaf tensor (inputs or embeddings) they are differentiated by.
+
+        ``inputs`` is a tensor, or a tuple/list whose first item is one (e.g. ``(token ids, lengths)`` of a packed
+        sequence): that item is probed, the others are passed along unchanged.
+        """
+        if isinstance(inputs, torch.Tensor):
+            first, call = inputs, pl_module
+        elif isinstance(inputs, (tuple, list)) and inputs and isinstance(inputs[0], torch.Tensor):
+            first, rest = inputs[0], list(inputs[1:])
+
+            def call(x: torch.Tensor) -> Any:
+                return pl_module(type(inputs)([x, *rest]))
+        else:
             raise AdapterError(
-                f"GradientDependencyProbe needs the model input to be a tensor, got {type(inputs).__name__}; "
-                f"pass `split_batch=` returning (tensor_inputs, targets)."
+                f"GradientDependencyProbe needs the model input to be a tensor, or a tuple whose first item is the "
+                f"batch's tensor, got {type(inputs).__name__}; pass `split_batch=` returning (inputs, targets)."
             )
-        if inputs.is_floating_point():
-            probed = inputs.detach().clone().requires_grad_(True)
-            return pl_module(probed), probed
+        if first.is_floating_point():
+            probed = first.detach().clone().requires_grad_(True)
+            return call(probed), probed
         leaf: dict[str, torch.Tensor] = {}
 
         def swap(_module, _args, output):
@@ -79,7 +92,7 @@ class GradientDependencyProbe(RecipeCheck):
 
         handle = self._embedding(pl_module).register_forward_hook(swap)
         try:
-            outputs = pl_module(inputs)
+            outputs = call(first)
         finally:
             handle.remove()
         return outputs, leaf["x"]

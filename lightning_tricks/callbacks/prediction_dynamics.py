@@ -137,7 +137,13 @@ class PredictionDynamics(StatefulCallback):
             loss = float(self.adapter.loss(pl_module, output, target))
         else:
             loss = float(per_sample_loss(task, output, target)[0])
-        if task == "multiclass":
+        if task == "multiclass" and output.ndim > 2:  # dense (segmentation): (1, C, H, W) against (1, H, W)
+            probabilities = torch.softmax(output.float(), 1)[0]  # (C, H, W)
+            given = target[0].long()
+            label = "x".join(map(str, given.shape)) + " mask"
+            prediction = f"{float((probabilities.argmax(0) == given).float().mean()):.1%} of positions right"
+            p_true = float(probabilities.gather(0, given.unsqueeze(0)).mean())
+        elif task == "multiclass":
             probabilities = torch.softmax(output.float(), -1)[0]
             label = int(target[0])
             prediction, p_true = int(probabilities.argmax()), float(probabilities[label])

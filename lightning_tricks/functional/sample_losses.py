@@ -103,8 +103,8 @@ def predicted_probability(task: str, outputs: torch.Tensor) -> torch.Tensor | No
     tensor([0.5000, 1.0000])
     """
     check_task(task)
-    if task == "multiclass":
-        return torch.softmax(outputs.float(), -1).amax(-1)
+    if task == "multiclass":  # classes on dim 1; a dense prediction (N, C, H, W): the mean over its positions
+        return torch.softmax(outputs.float(), 1).amax(1).reshape(len(outputs), -1).mean(-1)
     if task in ("binary", "multilabel"):
         p = torch.sigmoid(outputs.float().reshape(len(outputs), -1))
         return torch.maximum(p, 1 - p).mean(-1)
@@ -131,22 +131,27 @@ def margin(task: str, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Ten
     """Logit of the given label minus the largest other logit, ``(N,)``: negative means misclassified.
 
     Binary: the logit signed towards the label; multilabel: the smallest such value over labels (the
-    worst label decides). None for regression.
+    worst label decides); a dense multiclass prediction (``(N, C, H, W)`` against ``(N, H, W)``, e.g.
+    segmentation): the mean over its positions. None for regression.
 
     >>> margin("multiclass", torch.tensor([[3.0, 1.0, 0.0], [3.0, 1.0, 0.0]]), torch.tensor([0, 2]))
     tensor([ 2., -3.])
+    >>> margin("multiclass", torch.tensor([[[[3.0, 0.0]], [[1.0, 2.0]]]]), torch.tensor([[[0, 1]]]))  # (1, 2, 1, 2)
+    tensor([2.])
     >>> margin("binary", torch.tensor([2.0]), torch.tensor([0.0]))
     tensor([-2.])
     """
     check_task(task)
     if task == "regression":
         return None
-    if task == "multiclass":
-        logits = outputs.float()
-        given = logits.gather(-1, targets.long().reshape(-1, 1)).squeeze(-1)
-        others = logits.scatter(-1, targets.long().reshape(-1, 1), float("-inf")).amax(-1)
-        return given - others
     n = len(outputs)
+    if task == "multiclass":
+        # Classes on dim 1, moved last; a dense prediction ((N, C, H, W) against (N, H, W)): the mean over positions.
+        logits = outputs.float().movedim(1, -1)
+        index = targets.long().reshape(*logits.shape[:-1], 1)
+        given = logits.gather(-1, index).squeeze(-1)
+        others = logits.scatter(-1, index, float("-inf")).amax(-1)
+        return (given - others).reshape(n, -1).mean(-1)
     signed = (2 * targets.float().reshape(n, -1) - 1) * outputs.float().reshape(n, -1)
     return signed.amin(-1)
 
