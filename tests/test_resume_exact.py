@@ -8,6 +8,7 @@ interrupted epoch is drawn from a new permutation.
 from __future__ import annotations
 
 import io
+import os
 import warnings
 from pathlib import Path
 
@@ -231,6 +232,17 @@ def test_ddp_resume_is_bit_identical_mid_epoch_and_at_epoch_end_with_workers(tmp
     ckpt = torch.load(step_ckpt(tmp_path / "full", 11), weights_only=True)
     (state,) = ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"]
     assert [s["yielded"] for s in state["ranks"]] == [3, 3]
+    # And both ranks' RNG states: each rank draws from its own stream (its own dropout masks), derived
+    # from the one seed.
+    (rng,) = [v for k, v in ckpt["callbacks"].items() if "SeedEverything" in k]
+    assert len(rng["rng_states"]) == 2
+    assert not torch.equal(rng["rng_states"][0]["torch"], rng["rng_states"][1]["torch"])
+
+    # Resuming that 2-rank checkpoint on 1 process cannot be exact: it says so and still runs, with the
+    # shared shuffle seed and per-worker seeding intact (what a DistributedSampler needs to shard the data).
+    one = fit(str(tmp_path / "one"), 2, ckpt_path=end_ckpt)
+    assert any("RNG states of 2 processes but this run has 1" in w for w in one["warnings"]), one["warnings"]
+    assert os.environ["PL_GLOBAL_SEED"] == "0" and os.environ["PL_SEED_WORKERS"] == "1"
 
 
 @pytest.mark.slow

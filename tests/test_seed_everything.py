@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import random
 from pathlib import Path
 
@@ -18,7 +17,6 @@ from lightning_tricks import SeedEverything
 from lightning_tricks.data import DigitsDataModule
 from lightning_tricks.functional.seed import collect_rng_states, derive_seed, rank_seed, set_rng_states
 from lightning_tricks.models import MLP
-from lightning_tricks.testing import run_ddp
 
 
 class RecordRNG(Callback):
@@ -199,31 +197,5 @@ def test_seed_is_logged_to_the_loggers_hyperparameters(tmp_path: Path) -> None:
     assert "seed: 1234" in (Path(logger.log_dir) / "hparams.yaml").read_text()
 
 
-# --- 2-process DDP (gloo) ---------------------------------------------------------------------
-
-
-@pytest.mark.slow
-@pytest.mark.ddp
-def test_ddp_resume_equals_uninterrupted_run_on_every_rank(tmp_path: Path) -> None:
-    full = run_ddp(fit_digits, str(tmp_path / "full"), 4, devices=2, timeout=240)
-    run_ddp(fit_digits, str(tmp_path / "resumed"), 2, devices=2, timeout=240)
-    ckpt = tmp_path / "resumed" / "last.ckpt"
-    resumed = run_ddp(fit_digits, str(tmp_path / "resumed"), 4, ckpt_path=str(ckpt), devices=2, timeout=240)
-
-    assert [r["rank"] for r in full] == [0, 1]
-    # DDP keeps the replicas equal, and the resumed job equals the uninterrupted one on each rank.
-    assert np.array_equal(full[0]["weights"], full[1]["weights"])
-    for rank in (0, 1):
-        assert np.array_equal(resumed[rank]["weights"], full[rank]["weights"])
-    # Each rank draws from its own stream (distinct dropout masks), derived from the one seed.
-    assert full[0]["rng_at_start"] != full[1]["rng_at_start"]
-    # Both ranks' RNG states are in the checkpoint that rank 0 wrote.
-    (state,) = [v for k, v in torch.load(ckpt, weights_only=True)["callbacks"].items() if "SeedEverything" in k]
-    assert len(state["rng_states"]) == 2
-    assert not torch.equal(state["rng_states"][0]["torch"], state["rng_states"][1]["torch"])
-
-    # Resuming that 2-rank checkpoint on 1 process cannot be exact: it says so and still runs, with the
-    # shared shuffle seed and per-worker seeding intact (what a DistributedSampler needs to shard the data).
-    with pytest.warns(UserWarning, match="RNG states of 2 processes but this run has 1"):
-        fit_digits(str(tmp_path / "resumed"), 5, ckpt_path=str(ckpt))
-    assert os.environ["PL_GLOBAL_SEED"] == "0" and os.environ["PL_SEED_WORKERS"] == "1"
+# The 2-process resume (every rank's weights, RNG streams and loader position) is tested in
+# tests/test_resume_exact.py, with the 1-process resume of a 2-rank checkpoint.
