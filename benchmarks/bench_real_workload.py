@@ -45,6 +45,8 @@ from lightning_tricks import (
     VisualizeBatch,
     run_preflight,
 )
+from lightning_tricks.functional.gradient_dependency import batch_dependency
+from lightning_tricks.utilities.protocol import logits_of
 
 
 class ResNet18(pl.LightningModule):
@@ -169,9 +171,12 @@ def main() -> None:
         y = torch.cat([b[1] for b in val])[:batch_size]
         probe, step = [], []
         for _ in range(3):  # alternated, best of 3
+            model.eval()  # as the check runs it: per-sample behaviour
             start = time.perf_counter()
-            GradientDependencyProbe().probe(model, x)
+            outputs, probed = GradientDependencyProbe().probe(model, x)  # the forward pass
+            batch_dependency(logits_of(outputs), probed)  # and the backward passes that read the gradients
             probe.append(time.perf_counter() - start)
+            model.train()
             start = time.perf_counter()
             torch.nn.functional.cross_entropy(model(x), y).backward()
             model.zero_grad(set_to_none=True)

@@ -20,7 +20,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-COPY_IGNORE = (".venv", ".git", "build", "dist", "*.egg-info", "outputs", "multirun", "wandb", "__pycache__", ".*cache")
+# What a source distribution leaves out: environments, caches, and what runs and tests write.
+COPY_IGNORE = (".venv", ".git", "build", "dist", "*.egg-info", "outputs", "multirun", "wandb", "__pycache__", ".*cache",
+               "lightning_logs", "media", "data_inspection", "*.ckpt")  # fmt: skip
 # Small and fast: synthetic data, one epoch, the default recipe's checks on short budgets.
 TINY = ["data=synthetic/classification", "data.num_samples=400", "trainer.max_epochs=1", "logger=csv"]
 
@@ -64,6 +66,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.timeout(2400)
 def test_every_command_and_example_runs_from_the_installed_wheel(installed: Path, tmp_path: Path) -> None:
     cli = str(installed / "lightning-tricks")
+    assert sh([cli, "--version"], cwd=tmp_path).stdout.startswith("lightning-tricks ")
     conf = sh([str(installed / "python"), "-c", "import lightning_tricks.conf as c; print(c.__file__)"], cwd=tmp_path)
     assert conf.stdout.strip().startswith(str(installed.parent))  # the installed copy, not this checkout
     run = tmp_path / "run"

@@ -75,7 +75,8 @@ class GradientDependencyProbe(RecipeCheck):
             first, rest = inputs[0], list(inputs[1:])
 
             def call(x: torch.Tensor) -> Any:
-                return pl_module(type(inputs)([x, *rest]))
+                items = [x, *rest]  # the same container: a namedtuple takes its fields as arguments
+                return pl_module(type(inputs)(*items) if hasattr(inputs, "_fields") else type(inputs)(items))
         else:
             raise AdapterError(
                 f"GradientDependencyProbe needs the model input to be a tensor, or a tuple whose first item is the "
