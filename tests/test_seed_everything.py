@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import random
 from pathlib import Path
@@ -19,37 +18,24 @@ from lightning_tricks.functional.seed import collect_rng_states, derive_seed, ra
 from lightning_tricks.models import MLP
 
 
-class RecordRNG(Callback):
-    """Records (without drawing) a fingerprint of each rank's torch RNG state when training starts."""
-
-    def __init__(self) -> None:
-        self.fingerprint = ""
-
-    def on_train_start(self, trainer, pl_module) -> None:
-        self.fingerprint = hashlib.sha1(torch.get_rng_state().numpy().tobytes()).hexdigest()
-
-
 def fit_digits(
     root: str,
     max_epochs: int,
     seed: int = 0,
     ckpt_path: str | None = None,
-    devices: int = 1,
     use_callback: bool = True,
     num_workers: int = 0,
 ) -> dict:
-    """A small MLP with dropout and shuffling on digits; returns the final weights and what the rank saw."""
+    """A small MLP with dropout and shuffling on digits; returns the final weights."""
     pl.seed_everything(seed, verbose=False)  # the model's init is drawn here, before any callback runs
     dm = DigitsDataModule(seed=seed, batch_size=32, num_workers=num_workers)
     model = MLP(input_shape=dm.input_shape, num_outputs=10, hidden_sizes=[32], dropout=0.3)
-    record = RecordRNG()
-    callbacks = [ModelCheckpoint(dirpath=root, save_last=True, save_top_k=0), record]
+    callbacks = [ModelCheckpoint(dirpath=root, save_last=True, save_top_k=0)]
     if use_callback:
         callbacks.insert(0, SeedEverything(seed))
     trainer = pl.Trainer(
         accelerator="cpu",
-        devices=devices,
-        strategy="ddp" if devices > 1 else "auto",
+        devices=1,
         max_epochs=max_epochs,
         callbacks=callbacks,
         logger=False,
@@ -59,7 +45,7 @@ def fit_digits(
     )
     trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
     weights = torch.cat([p.detach().flatten() for p in model.parameters()]).numpy().copy()
-    return {"weights": weights, "rank": trainer.global_rank, "rng_at_start": record.fingerprint}
+    return {"weights": weights}
 
 
 # --- functional -------------------------------------------------------------------------------
