@@ -16,7 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 
-from lightning_tricks.functional.images import make_grid, to_uint8_image
+from lightning_tricks.functional.images import captioned_grid, make_grid, to_uint8_image
 from lightning_tricks.testing import read_offline_run, run_ddp
 from lightning_tricks.utilities.media import log_image, log_scalars, log_table
 
@@ -35,6 +35,20 @@ def test_make_grid_tiles_and_scales_the_batch_together() -> None:
     assert to_uint8_image(torch.rand(3, 4, 5)).shape == (4, 5, 3)
     with pytest.raises(ValueError, match=r"`image` must be .* got \(2, 3, 4, 5, 6\)"):
         to_uint8_image(np.zeros((2, 3, 4, 5, 6)))
+
+
+def test_captioned_grid_places_each_picture_scaled_with_its_caption_below() -> None:
+    bright = np.full((8, 4, 1), 255, np.uint8)  # 8 high, 4 wide: scaled x2 to 16 x 8 in a 16-pixel cell
+    dark = np.zeros((8, 8, 3), np.uint8)
+    grid = captioned_grid([bright, dark, dark], ["#1: 3 -> 5\nloss 2.00", "b", "c"], columns=2, cell=16)
+    # 2 columns of (16 + 4) plus a 4-pixel margin; 2 rows of 16 + two 12-pixel caption lines + 2 * 4, below 4
+    assert grid.shape == (4 + 2 * (16 + 2 * 12 + 8), 2 * (16 + 4) + 4, 3) and grid.dtype == np.uint8
+    assert (grid[4:20, 8:16] == 255).all()  # centred in its cell
+    assert (grid[4:20, 24:40] == 0).all()  # the dark picture fills the second cell
+    assert (grid[20:44, 4:20] < 128).any() and (grid[20:44, 24:40] < 128).any()  # captions: dark text on white
+    assert (grid[52:68, 4:20] == 0).all() and (grid[48:52] == 255).all()  # the second row, 48 pixels lower
+    with pytest.raises(ValueError, match="as many captions as pictures"):
+        captioned_grid([dark], ["a", "b"])
 
 
 def test_without_rich_loggers_media_are_files(tmp_path: Path) -> None:

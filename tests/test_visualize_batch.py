@@ -74,6 +74,17 @@ def test_tabular_inputs_become_a_table_of_the_exact_values(tmp_path: Path) -> No
     assert (tmp_path / "csv" / "media" / "tricks_visualize_batch_0_feature_histograms_step1.png").exists()
 
 
+def test_feature_histograms_count_every_sample_of_every_feature_on_one_value_axis() -> None:
+    flat = torch.stack([torch.full((10,), 2.0), torch.linspace(-1.0, 3.0, 10), torch.zeros(10)], dim=1)
+    figure = VisualizeBatch()._histograms(flat)
+    counts = figure.axes[0].images[0].get_array()
+    assert counts.shape == (30, 3)  # 30 value bins (rows) by 3 features (columns)
+    assert counts.sum(axis=0).tolist() == [10, 10, 10]  # each column holds all 10 samples of its feature
+    # Shared bins over -1..3 (width 4/30): a constant feature fills the one bin that holds its value
+    assert counts[:, 0].max() == 10 and counts[int((2.0 + 1) / (4 / 30)), 0] == 10
+    assert counts[int((0.0 + 1) / (4 / 30)), 2] == 10 and (counts[:, 1] > 0).sum() >= 8  # the ramp spreads
+
+
 def test_wandb_run_holds_the_images(tmp_path: Path) -> None:
     logger = WandbLogger(project="lt-tests", save_dir=str(tmp_path), offline=True)
     fit(tmp_path, MLP(input_shape=(1, 8, 8), num_outputs=10), DigitsDataModule(), VisualizeBatch(), logger=logger)

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, IterableDataset, default_collate
 from typing_extensions import override
 
 from lightning_tricks.callbacks.visualize_batch import looks_like_images
-from lightning_tricks.functional.images import to_uint8_image
+from lightning_tricks.functional.images import captioned_grid, to_uint8_image
 from lightning_tricks.functional.sample_losses import (
     margin,
     per_sample_loss,
@@ -39,7 +39,6 @@ from lightning_tricks.utilities.arguments import check_int
 from lightning_tricks.utilities.isolation import evaluating
 from lightning_tricks.utilities.loaders import stage_loader
 from lightning_tricks.utilities.media import log_image, log_scalars, log_table, run_dir
-from lightning_tricks.utilities.plots import new_figure
 from lightning_tricks.utilities.precision import run_precision, to_model
 from lightning_tricks.utilities.protocol import ModelAdapter, logits_of
 from lightning_tricks.utilities.sharding import strided
@@ -97,12 +96,23 @@ class SplitRanking:
                 "top_losses": [self.row(i)["loss"] for i in self.top], "path": self.path}  # fmt: skip
 
 
-def _cell(values: torch.Tensor) -> Any:
-    """A table cell: a number for one value, else the values joined by spaces (a CSV keeps one column)."""
-    flat = values.reshape(-1).tolist()
-    if len(flat) == 1:
-        return flat[0]
-    return " ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in flat)
+def _cells(values: torch.Tensor) -> torch.Tensor | list[Any]:
+    """A column's cells for one batch ``(n, ...)``: the ``(n,)`` values themselves when each sample has
+    one, else each sample's values joined by spaces (a CSV keeps one column)."""
+    values = values.detach().cpu()
+    n = len(values)
+    if values.numel() == n:
+        return values.reshape(n)
+    rows = values.reshape(n, -1).tolist()
+    return [" ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row) for row in rows]
+
+
+def _joined(parts: list[Any]) -> torch.Tensor | list[Any]:
+    """Batches (or ranks) of one column in order: one tensor when every part is a tensor of one
+    dtype, else one list of cells."""
+    if parts and all(isinstance(p, torch.Tensor) for p in parts) and len({p.dtype for p in parts}) == 1:
+        return torch.cat(parts)
+    return [v for p in parts for v in (p.tolist() if isinstance(p, torch.Tensor) else p)]
 
 
 class DataInspection(StatefulCallback):
@@ -239,6 +249,8 @@ class DataInspection(StatefulCallback):
         # Data set order, not the loader's (a training loader shuffles): position k is sample indices[k].
         ordered, indices = strided(loader, trainer.global_rank, trainer.world_size)
         task = None
+        # Each column is kept per batch, as a tensor (one value a sample) or a list of text cells, and
+        # turned into Python lists once at the end: per-sample Python work cost as much as the forward.
         local: dict[str, list[Any]] = {c: [] for c in COLUMNS}
         done = 0
         with evaluating(pl_module), run_precision(trainer):
@@ -248,22 +260,26 @@ class DataInspection(StatefulCallback):
                 inputs, targets = self.adapter.inputs_targets(pl_module, batch)
                 outputs = logits_of(pl_module(inputs))
                 n = len(targets)
-                local["index"] += indices[done : done + n]
+                local["index"].append(torch.as_tensor(indices[done : done + n], dtype=torch.long))
                 done += n
                 for name, values in self._columns(task, inputs, outputs, targets).items():
-                    local[name] += values
+                    local[name].append(values)
         # Collective on every rank, outside the loop: ranks with different batch counts cannot hang.
-        parts = gather_objects(local)
-        merged = {c: [v for part in parts for v in part[c]] for c in COLUMNS}
-        order = sorted(range(len(merged["index"])), key=merged["index"].__getitem__)
-        columns = {c: [values[k] for k in order] for c, values in merged.items()}
-        if not columns["index"]:
+        parts = gather_objects({c: _joined(values) for c, values in local.items()})
+        merged = {c: _joined([part[c] for part in parts]) for c in COLUMNS}
+        if len(parts) > 1:  # rank r holds samples r, r + W, ...: back into data set order
+            order = torch.argsort(merged["index"], stable=True)
+            merged = {c: v[order] if isinstance(v, torch.Tensor) else [v[k] for k in order.tolist()]
+                      for c, v in merged.items()}  # fmt: skip
+        if not len(merged["index"]):
             return None
-        top = rank_by_loss(torch.tensor(columns["loss"], dtype=torch.float64), self.top_k)
+        top = rank_by_loss(merged["loss"], self.top_k)
+        columns = {c: v.tolist() if isinstance(v, torch.Tensor) else v for c, v in merged.items()}
         return SplitRanking(split, trainer.current_epoch, trainer.global_step, columns,
                             [columns["index"][k] for k in top.tolist()])  # fmt: skip
 
-    def _columns(self, task: str, inputs: Any, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, list[Any]]:
+    def _columns(self, task: str, inputs: Any, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
+        """One batch's columns: a CPU tensor of ``n`` values each, or ``n`` text cells (several values a sample)."""
         n = len(targets)
         if self.loss_fn is not None:
             losses = self.loss_fn(outputs, targets)
@@ -274,24 +290,24 @@ class DataInspection(StatefulCallback):
                 )
         else:
             losses = per_sample_loss(task, outputs, targets)
-        nan = [float("nan")] * n
-        columns: dict[str, list[Any]] = {
-            "label": [_cell(t) for t in (targets.reshape(n, -1) if task == "binary" else targets).cpu()],
-            "prediction": [_cell(p) for p in predicted_label(task, outputs).cpu()],
-            "loss": losses.detach().reshape(n).cpu().double().tolist(),
+        nan = torch.full((n,), float("nan"), dtype=torch.float64)
+        columns: dict[str, Any] = {
+            "label": _cells(targets.reshape(n, -1) if task == "binary" else targets),
+            "prediction": _cells(predicted_label(task, outputs)),
+            "loss": losses.detach().reshape(n).cpu().double(),
         }
         for name, values in (
             ("p_given", probability_of_label(task, outputs, targets)),
             ("p_predicted", predicted_probability(task, outputs)),
             ("margin", margin(task, outputs, targets)),
         ):
-            columns[name] = nan if values is None else values.cpu().double().tolist()
+            columns[name] = nan if values is None else values.detach().reshape(n).cpu().double()
         if isinstance(inputs, torch.Tensor) and inputs.is_floating_point():
             # On the CPU first: float64 is not available on every accelerator (MPS).
             flat = inputs.detach().reshape(n, -1).cpu().double()
-            columns["input_mean"] = flat.mean(-1).tolist()
-            columns["input_std"] = flat.std(-1, correction=0).tolist()
-            columns["input_norm"] = torch.linalg.vector_norm(flat, dim=-1).tolist()
+            columns["input_mean"] = flat.mean(-1)
+            columns["input_std"] = flat.std(-1, correction=0)
+            columns["input_norm"] = torch.linalg.vector_norm(flat, dim=-1)
         else:  # token ids, dicts: no meaningful statistics
             columns.update(input_mean=nan, input_std=nan, input_norm=nan)
         return columns
@@ -343,28 +359,9 @@ class DataInspection(StatefulCallback):
         return cells
 
     def _grid(self, split: str, rows: list[dict[str, Any]], pictures: list) -> Any:
-        """The top-k pictures in one axes, captioned ``#index: label -> prediction / loss``.
-
-        One axes with an image per sample (not a subplot per sample): constrained layout over dozens of
-        subplots took ~1 s per split, most of the whole ranking's cost.
-        """
-        columns = min(8, len(rows))
-        lines = math.ceil(len(rows) / columns)
-        figure = new_figure(1.2 * columns, 1.45 * lines + 0.3)
-        figure.set_layout_engine("none")
-        ax = figure.add_axes((0, 0, 1, 1 - 0.3 / (1.45 * lines + 0.3)))
-        for k, (row, picture) in enumerate(zip(rows, pictures, strict=True)):
-            line, column = divmod(k, columns)
-            x, y = column * 1.2, line * 1.45  # a unit square per picture, room for two caption lines below
-            ax.imshow(picture[..., 0] if picture.shape[-1] == 1 else picture, cmap="gray",
-                      extent=(x, x + 1, y + 1, y))  # fmt: skip
-            caption = f"#{row['index']}: {row['label']} -> {row['prediction']}\nloss {row['loss']:.2f}"
-            ax.text(x + 0.5, y + 1.03, caption, ha="center", va="top", fontsize=6)
-        ax.set_xlim(-0.1, columns * 1.2 - 0.1)
-        ax.set_ylim(lines * 1.45, -0.05)
-        ax.axis("off")
-        figure.suptitle(f"{split}: highest losses (label -> prediction)", fontsize=8)
-        return figure
+        """The top-k pictures, captioned ``#index: label -> prediction`` and ``loss``."""
+        captions = [f"#{row['index']}: {row['label']} -> {row['prediction']}\nloss {row['loss']:.2f}" for row in rows]
+        return captioned_grid(pictures, captions, title=f"{split}: highest losses (label -> prediction)")
 
     def _save_full_table(self, trainer: pl.Trainer, ranking: SplitRanking) -> Path:
         folder = run_dir(trainer) / "data_inspection"

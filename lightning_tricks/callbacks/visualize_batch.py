@@ -30,8 +30,8 @@ class VisualizeBatch(StatefulCallback):
     A forward pre-hook on the LightningModule captures the input of its first forward call in each
     of those steps, so augmentation, collate and anything ``training_step`` does before
     ``self(x)`` has happened. Images become a labelled grid (un-normalised with ``mean``/``std``
-    when given); other inputs a table of values and per-feature histograms; the labels a
-    histogram. The hook is removed as soon as it is done (and at the end of training in any case).
+    when given); other inputs a table of values and per-feature histograms (one heat map, feature by
+    value); the labels a histogram. The hook is removed as soon as it is done (and at the end of training in any case).
     ``captured`` keeps the CPU tensors for inspection. A resumed run does not log again.
     """
 
@@ -138,18 +138,26 @@ class VisualizeBatch(StatefulCallback):
         return figure
 
     def _histograms(self, flat: torch.Tensor):
-        shown = min(flat.shape[1], 16)
-        cols = 4
-        rows = int(np.ceil(shown / cols))
-        figure = new_figure(2.2 * cols, 1.6 * rows + 0.5)
-        axes = np.atleast_1d(figure.subplots(rows, cols)).ravel()
-        for j, ax in enumerate(axes):
-            if j >= shown:
-                ax.axis("off")
-                continue
-            ax.hist(flat[:, j].numpy(), bins=20)
-            ax.set_title(f"x{j}", fontsize=8)
-        figure.suptitle(f"per-feature values of the batch ({flat.shape[1]} features, first {shown} shown)")
+        """Each feature's histogram as one column of a heat map, on a value axis shared by all features.
+
+        One axes for up to 64 features, so scales can be compared at a glance (an unnormalised or constant
+        feature stands out); 16 histogram subplots took ~1 s to draw, this ~0.15 s.
+        """
+        values = flat.double().numpy()
+        shown = min(values.shape[1], 64)
+        finite = values[:, :shown][np.isfinite(values[:, :shown])]
+        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+        hi = hi if hi > lo else lo + 1.0  # a constant batch still gets a visible bin
+        edges = np.linspace(lo, hi, 31)
+        counts = np.stack([np.histogram(values[:, j], bins=edges)[0] for j in range(shown)], axis=1)
+        figure = new_figure(6.0, 3.4)
+        ax = figure.subplots()
+        image = ax.imshow(counts, aspect="auto", origin="lower", extent=(-0.5, shown - 0.5, lo, hi),
+                          cmap="viridis", interpolation="nearest")  # fmt: skip
+        figure.colorbar(image, ax=ax, label="samples")
+        ax.set_xlabel(f"feature (first {shown} of {values.shape[1]})")
+        ax.set_ylabel("value")
+        ax.set_title("per-feature histograms of the batch", fontsize=9)
         return figure
 
     def _label_histogram(self, targets: torch.Tensor):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -72,3 +73,51 @@ def figure_to_array(figure: Any) -> np.ndarray:
     """Render a matplotlib figure to an ``(H, W, 3)`` uint8 array."""
     figure.canvas.draw()
     return np.asarray(figure.canvas.buffer_rgba())[..., :3].copy()
+
+
+def captioned_grid(
+    pictures: Sequence[np.ndarray], captions: Sequence[str], title: str = "", columns: int = 8, cell: int = 96
+) -> np.ndarray:
+    """Tile uint8 ``(H, W, C)`` pictures (C in 1, 3, 4) in rows of ``columns``, each scaled to ``cell``
+    pixels on its longer side (nearest neighbour: pixels stay visible) with its caption below.
+
+    Returns an ``(H, W, 3)`` uint8 image on a white background. Drawn with Pillow: a matplotlib
+    figure of 32 captioned pictures took ~0.5 s to render, this takes ~10 ms.
+
+    Two columns of 16-pixel cells and 4-pixel gaps are 2 * (16 + 4) + 4 = 44 pixels wide; two rows of a
+    cell and one 12-pixel caption line, below a 4-pixel margin, are 4 + 2 * (16 + 12 + 2 * 4) = 76 high:
+
+    >>> captioned_grid([np.zeros((8, 8, 1), np.uint8)] * 3, ["a", "b", "c"], columns=2, cell=16).shape
+    (76, 44, 3)
+    """
+    from PIL import Image, ImageDraw, ImageFont  # matplotlib's own dependency
+
+    if len(pictures) != len(captions) or not pictures:
+        raise ValueError(f"captioned_grid: need as many captions as pictures (> 0); got {len(pictures)} and "
+                         f"{len(captions)}.")  # fmt: skip
+    font = ImageFont.load_default(size=10)
+    line = 12
+    lines = max(len(c.splitlines()) for c in captions)
+    gap = 4
+    columns = min(columns, len(pictures))
+    rows = -(-len(pictures) // columns)
+    top = line + 2 * gap if title else gap
+    width = columns * (cell + gap) + gap
+    height = top + rows * (cell + lines * line + 2 * gap)
+    canvas = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    if title:
+        draw.text(((width - draw.textlength(title, font=font)) / 2, gap), title, fill="black", font=font)
+    for k, (picture, caption) in enumerate(zip(pictures, captions, strict=True)):
+        row, column = divmod(k, columns)
+        x, y = gap + column * (cell + gap), top + row * (cell + lines * line + 2 * gap)
+        picture = np.asarray(picture)
+        image = Image.fromarray(picture[..., 0] if picture.shape[-1] == 1 else picture).convert("RGB")
+        scale = cell / max(image.size)
+        size = (max(1, round(image.size[0] * scale)), max(1, round(image.size[1] * scale)))
+        image = image.resize(size, Image.Resampling.NEAREST if scale >= 1 else Image.Resampling.BOX)
+        canvas.paste(image, (x + (cell - size[0]) // 2, y + (cell - size[1]) // 2))
+        for j, text in enumerate(caption.splitlines()):
+            left = x + (cell - draw.textlength(text, font=font)) / 2
+            draw.text((left, y + cell + gap + j * line), text, fill="black", font=font)
+    return np.asarray(canvas)
