@@ -39,7 +39,7 @@ demo: setup
 test: setup-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	WANDB_MODE=offline $(PYTEST) $(PYTEST_ARGS)
+	WANDB_MODE=offline $(PYTEST) --durations=25 $(PYTEST_ARGS)
 
 # Day-to-day: skip the slow end-to-end tests.
 test-fast: setup-dev

@@ -248,6 +248,13 @@ def test_wandb_gets_the_top_loss_table_with_image_cells_and_the_grid(tmp_path: P
 # ---- DDP: the same ranking from two ranks ---------------------------------------------------------------
 
 
+class OneTestSample(DigitsDataModule):
+    """Digits with a test split of one sample: on two ranks, rank 1 scores none of it."""
+
+    def test_dataloader(self) -> torch.utils.data.DataLoader:
+        return torch.utils.data.DataLoader(torch.utils.data.Subset(super().test_dataloader().dataset, [0]))
+
+
 def ranking_on(root: str, devices: int) -> dict:
     gathered: list = []
 
@@ -263,12 +270,12 @@ def ranking_on(root: str, devices: int) -> dict:
         pl.seed_everything(0, verbose=False)
         # lr 0: the weights stay at their (seeded) init, so one and two processes score the same model.
         model = MLP(input_shape=(1, 8, 8), num_outputs=10, optimizer=functools.partial(torch.optim.SGD, lr=0.0))
-        callback = DataInspection(splits=["train", "val"], top_k=10)
+        callback = DataInspection(splits=["train", "val", "test"], top_k=10)
         pl.Trainer(accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto", max_epochs=1,
                    limit_train_batches=2, limit_val_batches=0, callbacks=[callback],
                    logger=CSVLogger(root, name=f"csv{devices}", version=""), enable_progress_bar=False,
                    enable_model_summary=False, enable_checkpointing=False).fit(
-            model, datamodule=DigitsDataModule(seed=0))  # fmt: skip
+            model, datamodule=OneTestSample(seed=0))  # fmt: skip
     finally:  # the single-process call runs inside pytest: leave the real module to the other tests
         sys.modules.pop("lightning_tricks.inspection")
         if real is not None:
@@ -289,6 +296,9 @@ def test_two_ranks_give_the_single_process_ranking(tmp_path: Path) -> None:
         assert rank0[split]["columns"]["loss"] == rank1[split]["columns"]["loss"]  # identical on every rank
         assert rank0[split]["columns"]["loss"] == pytest.approx(single[split]["columns"]["loss"], abs=1e-5)
         assert len(read_csv(rank0[split]["path"])) == n and rank1[split]["path"] is None  # rank zero writes
+    # Fewer samples than ranks: rank 1 scores nothing, and both ranks still hold the one sample's row.
+    assert rank0["test"]["columns"]["index"] == rank1["test"]["columns"]["index"] == [0] == single["test"]["top"]
+    assert rank0["test"]["columns"]["loss"] == pytest.approx(single["test"]["columns"]["loss"], abs=1e-5)
 
 
 # ---- fit start: the data report, once ------------------------------------------------------------------

@@ -49,6 +49,9 @@ def test_captioned_grid_places_each_picture_scaled_with_its_caption_below() -> N
     assert (grid[52:68, 4:20] == 0).all() and (grid[48:52] == 255).all()  # the second row, 48 pixels lower
     with pytest.raises(ValueError, match="as many captions as pictures"):
         captioned_grid([dark], ["a", "b"])
+    # A lone picture widens to its title; a picture larger than the cell is shrunk into it.
+    lone = captioned_grid([np.zeros((224, 100, 3), np.uint8)], ["x"], title="val: highest losses", cell=16)
+    assert lone.shape[1] > 16 + 2 * 4 and (lone[20:36, 8:15] == 0).all()  # below a 20-pixel title band, centred
 
 
 def test_without_rich_loggers_media_are_files(tmp_path: Path) -> None:

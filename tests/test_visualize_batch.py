@@ -83,6 +83,9 @@ def test_feature_histograms_count_every_sample_of_every_feature_on_one_value_axi
     # Shared bins over -1..3 (width 4/30): a constant feature fills the one bin that holds its value
     assert counts[:, 0].max() == 10 and counts[int((2.0 + 1) / (4 / 30)), 0] == 10
     assert counts[int((0.0 + 1) / (4 / 30)), 2] == 10 and (counts[:, 1] > 0).sum() >= 8  # the ramp spreads
+    flat[:3, 1] = float("nan")  # not binned, but said
+    figure = VisualizeBatch()._histograms(flat)
+    assert figure.axes[0].images[0].get_array()[:, 1].sum() == 7 and "3 NaN/inf" in figure.axes[0].get_title()
 
 
 def test_wandb_run_holds_the_images(tmp_path: Path) -> None:

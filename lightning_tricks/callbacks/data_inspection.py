@@ -109,7 +109,8 @@ def _cells(values: torch.Tensor) -> torch.Tensor | list[Any]:
 
 def _joined(parts: list[Any]) -> torch.Tensor | list[Any]:
     """Batches (or ranks) of one column in order: one tensor when every part is a tensor of one
-    dtype, else one list of cells."""
+    dtype, else one list of cells. Empty parts (a rank given no sample) are left out."""
+    parts = [p for p in parts if len(p)]
     if parts and all(isinstance(p, torch.Tensor) for p in parts) and len({p.dtype for p in parts}) == 1:
         return torch.cat(parts)
     return [v for p in parts for v in (p.tolist() if isinstance(p, torch.Tensor) else p)]
@@ -267,12 +268,12 @@ class DataInspection(StatefulCallback):
         # Collective on every rank, outside the loop: ranks with different batch counts cannot hang.
         parts = gather_objects({c: _joined(values) for c, values in local.items()})
         merged = {c: _joined([part[c] for part in parts]) for c in COLUMNS}
+        if not len(merged["index"]):
+            return None
         if len(parts) > 1:  # rank r holds samples r, r + W, ...: back into data set order
             order = torch.argsort(merged["index"], stable=True)
             merged = {c: v[order] if isinstance(v, torch.Tensor) else [v[k] for k in order.tolist()]
                       for c, v in merged.items()}  # fmt: skip
-        if not len(merged["index"]):
-            return None
         top = rank_by_loss(merged["loss"], self.top_k)
         columns = {c: v.tolist() if isinstance(v, torch.Tensor) else v for c, v in merged.items()}
         return SplitRanking(split, trainer.current_epoch, trainer.global_step, columns,
