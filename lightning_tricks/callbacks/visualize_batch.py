@@ -31,8 +31,9 @@ class VisualizeBatch(StatefulCallback):
     of those steps, so augmentation, collate and anything ``training_step`` does before
     ``self(x)`` has happened. Images become a labelled grid (un-normalised with ``mean``/``std``
     when given); other inputs a table of values and per-feature histograms (one heat map, feature by
-    value); the labels a histogram. The hook is removed as soon as it is done (and at the end of training in any case).
-    ``captured`` keeps the CPU tensors for inspection. A resumed run does not log again.
+    value); the labels a histogram. The hook is removed as soon as it is done (and at the end of
+    training in any case). ``captured`` keeps the CPU tensors for inspection. A resumed run does not
+    log again.
     """
 
     def __init__(
@@ -147,7 +148,8 @@ class VisualizeBatch(StatefulCallback):
         """
         values = flat.double().numpy()
         shown = min(values.shape[1], 64)
-        finite = values[:, :shown][np.isfinite(values[:, :shown])]
+        is_finite = np.isfinite(values[:, :shown])
+        finite = values[:, :shown][is_finite]
         lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
         hi = hi if hi > lo else lo + 1.0  # a constant batch still gets a visible bin
         edges = np.linspace(lo, hi, 31)
@@ -159,7 +161,7 @@ class VisualizeBatch(StatefulCallback):
         figure.colorbar(image, ax=ax, label="samples")
         ax.set_xlabel(f"feature (first {shown} of {values.shape[1]})")
         ax.set_ylabel("value")
-        missing = int((~np.isfinite(values[:, :shown])).sum())
+        missing = int((~is_finite).sum())
         note = f" ({missing} NaN/inf values not shown)" if missing else ""
         ax.set_title(f"per-feature histograms of the batch{note}", fontsize=9)
         return figure

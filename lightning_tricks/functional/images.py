@@ -108,12 +108,11 @@ def captioned_grid(
     top = line + 2 * gap if title else gap
     width = columns * (cell + gap) + gap
     height = top + rows * (cell + lines * line + 2 * gap)
-    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    width = max(width, int(draw.textlength(title, font=font)) + 2 * gap)  # a lone picture keeps its title
+    width = max(width, int(font.getlength(title)) + 2 * gap)  # a lone picture keeps its title
     canvas = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(canvas)
     if title:
-        draw.text(((width - draw.textlength(title, font=font)) / 2, gap), title, fill="black", font=font)
+        draw.text(((width - font.getlength(title)) / 2, gap), title, fill="black", font=font)
     for k, (picture, caption) in enumerate(zip(pictures, captions, strict=True)):
         row, column = divmod(k, columns)
         x, y = gap + column * (cell + gap), top + row * (cell + lines * line + 2 * gap)
@@ -124,6 +123,6 @@ def captioned_grid(
         image = image.resize(size, Image.Resampling.NEAREST if scale >= 1 else Image.Resampling.BOX)
         canvas.paste(image, (x + (cell - size[0]) // 2, y + (cell - size[1]) // 2))
         for j, text in enumerate(caption.splitlines()):
-            left = x + (cell - draw.textlength(text, font=font)) / 2
+            left = x + (cell - font.getlength(text)) / 2
             draw.text((left, y + cell + gap + j * line), text, fill="black", font=font)
     return np.asarray(canvas)
